@@ -1,0 +1,1 @@
+"""Quick, Draw! data: class names, download, ingest, rendering, the on-disk store and the batch loader."""
