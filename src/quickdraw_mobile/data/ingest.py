@@ -79,7 +79,7 @@ def ingest(path: Path, out: Path, classes: list[str] | None = None, max_per_clas
         store = Store.create(out)
         for entry in staged:
             os.replace(staging / entry["file"], out / entry["file"])
-            store.record_class(entry)
+        store.record_classes(staged)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         if not out_existed:

@@ -1,0 +1,47 @@
+"""``qdm evaluate``: a model on a held-out split of a store -> metrics.json + plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..data.store import SplitSpec, Store
+from ..errors import QDMError
+from ..fileio import write_json_atomic
+from ..inference import logits_for_split
+from ..modelref import load_model
+from ..train import checkpoint as ckpt
+from .metrics import compute_metrics
+from .plots import write_all_plots
+
+
+def evaluate(model_ref: str | Path, data_dir: str | Path, out: str | Path, split: str = "test",
+             batch_size: int = 1024, plots: bool = True) -> dict:
+    """Evaluate on ``split`` (default: test, which training never sees) with the run's own split settings."""
+    if split not in ("test", "val", "train"):
+        raise QDMError(f"--split: expected test, val or train, got {split!r}")
+    loaded = load_model(model_ref)
+    cfg = loaded.config
+    store = Store.open(data_dir)
+    missing = [c for c in loaded.labels if c not in store.classes]
+    if missing:
+        raise QDMError(f"{data_dir}: lacks {len(missing)} of the model's classes (e.g. {missing[0]!r}); "
+                       "evaluate on data with the same classes")
+    spec = SplitSpec(cfg.val_fraction, cfg.test_fraction, cfg.split_seed, cfg.max_per_class)
+    data = store.splits(spec, loaded.labels)[split]
+    if data.classes != loaded.labels:
+        raise QDMError(f"{data_dir}: class order differs from the model's labels.txt")
+    if len(data) == 0:
+        raise QDMError(f"{data_dir}: the {split} split is empty")
+    logits, labels = logits_for_split(loaded.model, data, batch_size)
+    metrics = compute_metrics(logits, labels, loaded.labels)
+    metrics.update({"split": split, "model": str(model_ref), "data": str(data_dir), "split_spec": vars(spec)})
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "metrics.json", metrics)
+    if plots:
+        images, _ = data.materialize()
+        history = loaded.source / ckpt.METRICS
+        write_all_plots(metrics, np.asarray(images), out, training_rows=history if history.exists() else None)
+    return metrics

@@ -1,0 +1,18 @@
+"""Model architectures. Each family is one module that registers its constructors on import.
+
+``create_model("cnn", num_classes=52)`` maps (B, 1, 28, 28) input in [-1, 1] (ink positive) to (B, 52) logits.
+"""
+
+from . import cnn, mobilenetv3, mobilevit, sketchcnn, vit  # noqa: F401  (registers the models)
+from .profile import count_macs, count_params, describe
+from .registry import create_model, list_models, model_options, register_model
+
+__all__ = [
+    "count_macs",
+    "count_params",
+    "create_model",
+    "describe",
+    "list_models",
+    "model_options",
+    "register_model",
+]

@@ -1,0 +1,39 @@
+"""Size and cost of a model for one 1x28x28 input: parameters, multiply-accumulates (MACs), fp32 size.
+
+MACs are counted by ``torch.utils.flop_counter.FlopCounterMode`` over one eager forward pass: the multiply-adds of
+convolutions, linear layers and matmuls (FLOPs / 2). Biases, normalization, activations, pooling and adds are not
+counted, the usual convention for reporting MACs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+INPUT_SHAPE = (1, 1, 28, 28)
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (trainable or not; buffers such as BN running statistics excluded)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, ...] = INPUT_SHAPE) -> int:
+    """Multiply-accumulates of one forward pass in eval mode on a zero input of ``input_shape``."""
+    param = next(model.parameters(), None)
+    x = torch.zeros(input_shape, device=param.device if param is not None else None)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() // 2
+
+
+def describe(model: nn.Module) -> dict[str, int | float]:
+    """``params``, ``macs`` (one 1x28x28 input) and ``size_mb``: fp32 bytes of the parameters / 1e6."""
+    params = count_params(model)
+    return {"params": params, "macs": count_macs(model), "size_mb": params * 4 / 1e6}

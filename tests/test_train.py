@@ -1,0 +1,177 @@
+"""Training, resume, DDP, evaluation files and predict output, on tiny real data."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from quickdraw_mobile.cli import main as qdm
+from quickdraw_mobile.data.store import Store
+from quickdraw_mobile.errors import QDMError
+from quickdraw_mobile.train import load_config, train
+from quickdraw_mobile.train.config import TrainConfig
+
+CLASSES = ["apple", "cat", "star"]
+TINY = dict(model="cnn_small", model_kwargs={"width": 8}, epochs=2, batch_size=32, max_per_class=160,
+            warmup_epochs=0.5, threads=1, seed=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_store(shared_data, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("store")
+    store = Store.create(root)
+    for name in CLASSES:
+        rows = np.load(shared_data / "numpy_bitmap" / f"{name}.npy", mmap_mode="r")[:200]
+        store.add_class(name, np.ascontiguousarray(rows), source="test")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_store, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "run"
+    train(TrainConfig(**TINY), tiny_store, out, progress=False)
+    return out
+
+
+def test_run_folder_holds_everything(tiny_run):
+    for name in ("config.yaml", "model.safetensors", "labels.txt", "metrics.csv", "train_summary.json",
+                 "checkpoints/best.pt", "checkpoints/last.pt"):
+        assert (tiny_run / name).is_file(), name
+    assert any((tiny_run / "tensorboard").iterdir())
+    assert (tiny_run / "labels.txt").read_text().split("\n")[:3] == CLASSES
+    assert load_config(tiny_run / "config.yaml") == TrainConfig(**TINY)
+    rows = (tiny_run / "metrics.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("epoch,train_loss,train_acc,val_loss,val_acc") and len(rows) == 3
+    summary = json.loads((tiny_run / "train_summary.json").read_text())
+    assert summary["complete"] and summary["epochs_done"] == 2 and summary["classes"] == 3
+    assert summary["train_samples"] + summary["val_samples"] + summary["test_samples"] == 3 * 160
+    weights = load_file(tiny_run / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in weights.values())
+
+
+def test_training_learns(tiny_store, tmp_path):
+    cfg = TrainConfig(**{**TINY, "epochs": 4})
+    summary = train(cfg, tiny_store, tmp_path / "run", progress=False)
+    assert summary["best_val_top1"] > 0.6  # 3 classes: chance is 0.33
+
+
+def test_resume_is_bit_exact(tiny_store, tiny_run, tmp_path):
+    out = tmp_path / "interrupted"
+    first = train(TrainConfig(**TINY), tiny_store, out, progress=False, stop_after_steps=5)  # mid-epoch 1
+    assert not first["complete"] and not (out / "model.safetensors").exists()
+    second = train(None, tiny_store, out, resume=True, progress=False, stop_after_steps=9)  # into epoch 2
+    assert not second["complete"] and second["epochs_done"] == 1
+    third = train(None, tiny_store, out, resume=True, progress=False)
+    assert third["complete"]
+    uninterrupted, resumed = load_file(tiny_run / "model.safetensors"), load_file(out / "model.safetensors")
+    assert uninterrupted.keys() == resumed.keys()
+    for key in uninterrupted:
+        assert torch.equal(uninterrupted[key], resumed[key]), key
+    assert (out / "metrics.csv").read_text() .split("\n")[1].split(",")[:5] == \
+        (tiny_run / "metrics.csv").read_text().split("\n")[1].split(",")[:5]
+
+
+def test_existing_run_is_not_overwritten(tiny_store, tiny_run):
+    before = (tiny_run / "model.safetensors").read_bytes()
+    with pytest.raises(QDMError, match="already holds a run"):
+        train(TrainConfig(**TINY), tiny_store, tiny_run, progress=False)
+    assert (tiny_run / "model.safetensors").read_bytes() == before
+
+
+def test_bad_configs_and_data(tiny_store, tmp_path):
+    with pytest.raises(QDMError, match="unknown model 'cnnn'"):
+        train(TrainConfig(**{**TINY, "model": "cnnn"}), tiny_store, tmp_path / "a", progress=False)
+    cfg_file = tmp_path / "bad.yaml"
+    cfg_file.write_text("epocs: 3\n")
+    with pytest.raises(QDMError, match="unknown option.*epocs.*did you mean epochs"):
+        load_config(cfg_file)
+    with pytest.raises(QDMError, match="optimizer"):
+        TrainConfig(optimizer="adam")
+    empty = Store.create(tmp_path / "empty")
+    with pytest.raises(QDMError, match="no classes"):
+        train(TrainConfig(**TINY), empty.root, tmp_path / "b", progress=False)
+    with pytest.raises(QDMError, match="nothing to resume"):
+        train(None, tiny_store, tmp_path / "c", resume=True, progress=False)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_store, tmp_path):
+    out = tmp_path / "nan"
+    train(TrainConfig(**{**TINY, "epochs": 3}), tiny_store, out, progress=False, stop_after_steps=9)  # epoch 2
+    last = (out / "checkpoints" / "last.pt").read_bytes()
+    # Poison the run's saved optimizer state? No: poison the weights of the next resume through a huge lr.
+    cfg_text = (out / "config.yaml").read_text().replace("lr: 0.003", "lr: 1.0e+30").replace("grad_clip: 2.0",
+                                                                                            "grad_clip: 0.0")
+    (out / "config.yaml").write_text(cfg_text)
+    with pytest.raises(QDMError, match="non-finite loss"):
+        train(None, tiny_store, out, resume=True, progress=False)
+    assert (out / "checkpoints" / "last.pt").read_bytes() == last
+
+
+def test_corrupt_checkpoint_and_class_mismatch(tiny_store, tiny_run, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_run, broken)
+    (broken / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(QDMError, match="corrupt or unreadable checkpoint"):
+        train(None, tiny_store, broken, resume=True, progress=False)
+    other = Store.create(tmp_path / "other")
+    other.add_class("cat", Store.open(tiny_store).array("cat")[:100], source="test")
+    other.add_class("clock", Store.open(tiny_store).array("star")[:100], source="test")
+    shutil.copy(tiny_run / "checkpoints" / "best.pt", broken / "checkpoints" / "last.pt")
+    with pytest.raises(QDMError, match="classes differ"):
+        train(None, other.root, broken, resume=True, progress=False)
+
+
+def test_evaluate_and_predict_cli(tiny_store, tiny_run, tmp_path, capsys):
+    assert qdm(["evaluate", "--model", str(tiny_run), "--data", str(tiny_store), "--out", str(tmp_path / "e")]) == 0
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["split"] == "test" and metrics["n"] == 3 * 16
+    assert 0.0 <= metrics["top1"] <= metrics["top5"] <= 1.0
+    assert len(list((tmp_path / "e").glob("*.png"))) >= 8
+    pixels = Store.open(tiny_store).array("star")[:5]
+    np.save(tmp_path / "x.npy", pixels.reshape(5, 28, 28))
+    assert qdm(["predict", "--model", str(tiny_run), "--input", str(tmp_path / "x.npy"),
+                "--out", str(tmp_path / "p.jsonl"), "--top-k", "2"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert len(rows) == 5
+    for row in rows:
+        assert list(row) == ["top"] and len(row["top"]) == 2
+        assert {p["class"] for p in row["top"]} <= set(CLASSES)
+        assert row["top"][0]["prob"] >= row["top"][1]["prob"]
+    np.save(tmp_path / "bad.npy", np.zeros((2, 785), dtype=np.uint8))
+    assert qdm(["predict", "--model", str(tiny_run), "--input", str(tmp_path / "bad.npy"),
+                "--out", str(tmp_path / "q.jsonl")]) == 2
+    assert "expected shape (N, 784)" in capsys.readouterr().err
+    assert not (tmp_path / "q.jsonl").exists()
+    assert qdm(["evaluate", "--model", str(tmp_path / "nope"), "--data", str(tiny_store), "--out",
+                str(tmp_path / "f")]) == 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_ddp(tiny_store, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "quickdraw_mobile.cli", "train", "--data", str(tiny_store),
+           "--out", str(out), "--model", "cnn_small", "--model-kwargs", '{"width": 8}', "--epochs", "2",
+           "--batch-size", "16", "--max-per-class", "160", "--threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["complete"]
+    assert (out / "model.safetensors").exists()
