@@ -204,3 +204,20 @@ def test_sha_mismatch_needs_verify(damaged):
 
 def test_verify_passes_on_intact_store(store_root):
     assert Store.open(store_root, verify=True).classes == list(CLASS_ROWS)
+
+
+def test_balanced_indices_spread_over_classes(tmp_path, shared_data):
+    import numpy as np
+
+    from quickdraw_mobile.data.store import SplitSpec, Store
+
+    store = Store.create(tmp_path / "s")
+    for name, rows in (("cat", 300), ("bee", 40), ("star", 200)):
+        store.add_class(name, np.load(shared_data / "numpy_bitmap" / f"{name}.npy", mmap_mode="r")[:rows], "t")
+    train = store.splits(SplitSpec())["train"]
+    picks = train.balanced_indices(100, seed=1)
+    labels = train.labels()[picks]
+    assert len(set(picks.tolist())) == len(picks)
+    assert np.bincount(labels).tolist() == [32, 34, 34]  # bee has only 32 training rows; the others make up
+    assert np.array_equal(picks, train.balanced_indices(100, seed=1))
+    assert not np.array_equal(picks, train.balanced_indices(100, seed=2))

@@ -175,3 +175,26 @@ def test_two_process_ddp(tiny_store, tmp_path):
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["complete"]
     assert (out / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("options", [
+    {"optimizer": "lamb", "class_weights": True},
+    {"optimizer": "sgd", "lr": 0.05, "balanced": True},
+    {"bf16": True, "augment": False, "channels_last": False},
+])
+def test_training_options_run(tiny_store, tmp_path, options):
+    cfg = TrainConfig(**{**TINY, "epochs": 1, **options})
+    summary = train(cfg, tiny_store, tmp_path / "run", progress=False)
+    assert summary["complete"] and 0.0 <= summary["best_val_top1"] <= 1.0
+    assert load_config(tmp_path / "run" / "config.yaml") == cfg
+
+
+def test_lr_schedule_warms_up_then_decays():
+    from quickdraw_mobile.train.loop import lr_at
+
+    cfg = TrainConfig(lr=1.0, warmup_epochs=1, min_lr_ratio=0.01)
+    lrs = [lr_at(cfg, step, total_steps=100, steps_per_epoch=10) for step in range(100)]
+    assert lrs[0] == pytest.approx(0.01) and max(lrs) == pytest.approx(1.0, abs=1e-3)
+    assert all(a <= b for a, b in zip(lrs[:10], lrs[1:11], strict=True))  # warm-up rises
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))  # cosine falls
+    assert lrs[-1] == pytest.approx(0.01, abs=1e-3)

@@ -281,6 +281,28 @@ def _add_model_parsers(verbs: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_models)
 
 
+# ---------------------------------------------------------------------------------------------- qdm run
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .pipeline import run
+
+    state = run(args.config, args.out)
+    print(f"report: {state['report']['result']['markdown']}")
+    return 0
+
+
+def _add_run_parser(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser(
+        "run",
+        help="the whole pipeline on one config, with a report",
+        description="Run the pipeline (data -> train -> evaluate -> report) into one run folder. Stages are "
+        "cached: a re-run redoes only the stages whose config or inputs changed, and an interrupted training "
+        "stage resumes. Default config: the embedded real subset, fast (configs/default.yaml).",
+    )
+    p.add_argument("--config", default=None, help="pipeline YAML (default: the packaged configs/default.yaml)")
+    p.add_argument("--out", default="runs/default", help="run folder (default runs/default)")
+    p.set_defaults(func=_cmd_run)
+
+
 # ---------------------------------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -293,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_parser(verbs)
     _add_train_parser(verbs)
     _add_model_parsers(verbs)
+    _add_run_parser(verbs)
     return parser
 
 
@@ -307,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `qdm data info DIR | head`: the reader left, which is not an error
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -143,6 +143,27 @@ class Split:
         labels = np.searchsorted(bounds, flat_index, side="right") - 1
         return pixels, labels
 
+    def balanced_indices(self, n: int, seed: int = 0) -> np.ndarray:
+        """``n`` distinct flat indices spread as evenly over the classes as their sizes allow, seeded.
+
+        A class with fewer rows than its share gives all it has and the others make up the difference, so the
+        result has ``min(n, len(self))`` indices. Used for calibration sets and fixed evaluation samples.
+        """
+        counts = np.array(self.counts)
+        quota = np.zeros_like(counts)
+        remaining = min(n, int(counts.sum()))
+        while remaining > 0:  # water-filling: equal shares, capped by what each class has
+            open_classes = np.nonzero(quota < counts)[0]
+            share, extra = divmod(remaining, len(open_classes))
+            for rank, c in enumerate(open_classes):
+                take = min(share + (rank < extra), counts[c] - quota[c])
+                quota[c] += take
+                remaining -= take
+        rng = np.random.default_rng([seed, n])
+        bounds = np.cumsum([0, *self.counts])
+        picks = [bounds[c] + np.sort(rng.permutation(count)[: quota[c]]) for c, count in enumerate(self.counts)]
+        return np.concatenate(picks).astype(np.int64)
+
     def materialize(self) -> tuple[np.ndarray, np.ndarray]:
         """All pixels and labels of the split in memory (for small splits: evaluation, calibration)."""
         return self.gather(np.arange(len(self)))

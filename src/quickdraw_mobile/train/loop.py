@@ -175,7 +175,7 @@ def _train(cfg, data_dir, out, ctx, resume, progress, stop_after_steps, stop_req
     best_top1, bad_epochs = (state["best_top1"], state["bad_epochs"]) if state else (-1.0, 0)
     running = list(state["running"]) if state else [0.0, 0.0, 0.0]  # loss sum, correct, seen (this epoch)
     steps_this_call, stopped_early, interrupted = 0, False, False
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
 
     def snapshot() -> dict:
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
@@ -266,7 +266,9 @@ def _train(cfg, data_dir, out, ctx, resume, progress, stop_after_steps, stop_req
         "test_samples": len(splits["test"]), "epochs_done": epoch, "complete": not interrupted,
         "early_stopped": stopped_early, "best_val_top1": best_top1,
         "best_epoch": (max(history, key=lambda r: r["val_acc"])["epoch"] if history else None),
-        "train_seconds_this_call": time.perf_counter() - started, "world_size": ctx.world_size,
+        "train_seconds_this_call": time.perf_counter() - started,
+        "cpu_seconds_this_call": time.process_time() - cpu_started,  # all threads of this process
+        "threads": torch.get_num_threads(), "world_size": ctx.world_size,
     }
     if ctx.is_main and not interrupted:
         write_json_atomic(out / "train_summary.json", summary)
