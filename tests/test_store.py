@@ -116,7 +116,7 @@ def test_class_subset_follows_store_order(store_root):
 def test_unknown_class_suggests(store_root):
     with pytest.raises(QDMError, match=r"unknown class 'catt'; did you mean 'cat'"):
         Store.open(store_root).splits(classes=["catt"])
-    with pytest.raises(QDMError, match="unknown class 'dog'"):  # official, but not in this store
+    with pytest.raises(QDMError, match="class 'dog' is not in this store"):  # official, but not in this store
         Store.open(store_root).select(["dog"])
 
 

@@ -198,3 +198,20 @@ def test_lr_schedule_warms_up_then_decays():
     assert all(a <= b for a, b in zip(lrs[:10], lrs[1:11], strict=True))  # warm-up rises
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))  # cosine falls
     assert lrs[-1] == pytest.approx(0.01, abs=1e-3)
+
+
+def test_predict_ndjson_keeps_input_order(tiny_run, tmp_path, shared_data):
+    lines = (shared_data / "simplified" / "cat.ndjson").read_text().splitlines()[:3]
+    lines += (shared_data / "simplified" / "star.ndjson").read_text().splitlines()[:3]
+    (tmp_path / "d.ndjson").write_text("\n".join(lines) + "\n")
+    assert qdm(["predict", "--model", str(tiny_run), "--input", str(tmp_path / "d.ndjson"),
+                "--out", str(tmp_path / "p.jsonl"), "--top-k", "3"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    from quickdraw_mobile.data.render import render_many
+    from quickdraw_mobile.inference import logits_for_pixels
+    from quickdraw_mobile.modelref import load_model
+
+    loaded = load_model(tiny_run)
+    drawings = [json.loads(line)["drawing"] for line in lines]
+    expected = logits_for_pixels(loaded.model, render_many(drawings)).argmax(1)
+    assert [row["top"][0]["class"] for row in rows] == [loaded.labels[i] for i in expected]

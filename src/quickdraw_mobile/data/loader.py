@@ -6,7 +6,7 @@ once in torch and augmented as a whole with one ``grid_sample`` call, and a back
 batches ready. Pixels are only read when a batch is made, so the full dataset
 (about 50M drawings) never has to fit in RAM. What is held per sample is the epoch's index order: 4 bytes a
 sample (int32) while it is made, then 4 / world_size bytes for this rank's shard (plus the split's own row
-arrays, 8 bytes a sample, kept by ``Split``).
+arrays, 4 bytes a sample, kept by ``Split``).
 
 Determinism: the order of epoch ``e`` depends only on ``(seed, e)``; the augmentation of a batch only on
 ``(seed, e, global batch index)``. So ``batches(start=k)`` yields exactly the tensors that skipping ``k``

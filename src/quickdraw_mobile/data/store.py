@@ -293,7 +293,13 @@ class Store:
             raise QDMError(f"{self.root}: the store has no classes")
         if classes is None:
             return self.classes
-        wanted = {resolve_class(c, self.classes) for c in classes}
+        wanted = set()
+        for name in classes:
+            official = resolve_class(name)  # an unknown name gets the did-you-mean of all 345
+            if official not in self.classes:
+                shown = ", ".join(self.classes[:12]) + (", ..." if len(self.classes) > 12 else "")
+                raise QDMError(f"{self.root}: class {official!r} is not in this store (it has {shown})")
+            wanted.add(official)
         return [c for c in self.classes if c in wanted]
 
     def splits(self, spec: SplitSpec | None = None, classes: Sequence[str] | None = None) -> dict[str, Split]:

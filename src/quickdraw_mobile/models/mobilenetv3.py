@@ -16,25 +16,14 @@ from __future__ import annotations
 
 from torch import nn
 
-from .mobilevit import set_stride_one
-from .registry import check_fraction, register_model
+from .registry import register_model
+from .timm_models import create_timm, set_stride_one
 
 
 @register_model
 def mobilenetv3(num_classes: int, dropout: float = 0.2, drop_path: float = 0.0) -> nn.Module:
     """MobileNetV3-Small 1.0 with output stride 8 (stride-1 stem and first block)."""
-    import timm
-
-    check_fraction("dropout", dropout)
-    check_fraction("drop_path", drop_path)
-    model = timm.create_model(
-        "mobilenetv3_small_100",
-        pretrained=False,
-        in_chans=1,
-        num_classes=num_classes,
-        drop_rate=dropout,
-        drop_path_rate=drop_path,
-    )
+    model = create_timm("mobilenetv3_small_100", num_classes, dropout, drop_path)
     set_stride_one(model.conv_stem)
     set_stride_one(model.blocks[0][0].conv_dw)
     return model

@@ -23,17 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import check_fraction, register_model
+from .registry import register_model
+from .timm_models import create_timm, set_stride_one
 from .vit import disable_fused_attention
 
 BACKGROUND = -1.0  # normalized value of an empty pixel
-
-
-def set_stride_one(conv: nn.Module) -> None:
-    """Turn a 3x3, padding-1, stride-2 convolution into a stride-1 one (same weights, same padding)."""
-    if not (isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3) and conv.padding == (1, 1)):
-        raise RuntimeError(f"expected a 3x3 nn.Conv2d with padding 1 to change its stride, got {conv!r}")
-    conv.stride = (1, 1)
 
 
 class PaddedMobileViT(nn.Module):
@@ -51,18 +45,6 @@ class PaddedMobileViT(nn.Module):
 @register_model
 def mobilevit(num_classes: int, dropout: float = 0.0, drop_path: float = 0.0) -> nn.Module:
     """MobileViT-XXS with stride-1 stem on 28x28 input padded to 32x32."""
-    import timm
-
-    check_fraction("dropout", dropout)
-    check_fraction("drop_path", drop_path)
-    model = timm.create_model(
-        "mobilevit_xxs",
-        pretrained=False,
-        in_chans=1,
-        num_classes=num_classes,
-        drop_rate=dropout,
-        drop_path_rate=drop_path,
-        zero_init_last=False,
-    )
+    model = create_timm("mobilevit_xxs", num_classes, dropout, drop_path, zero_init_last=False)
     set_stride_one(model.stem.conv)
     return PaddedMobileViT(disable_fused_attention(model))

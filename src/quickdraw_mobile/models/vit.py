@@ -18,6 +18,7 @@ from torch import nn
 
 from ..errors import QDMError
 from .registry import check_fraction, check_positive, register_model
+from .timm_models import create_timm
 
 
 def disable_fused_attention(model: nn.Module) -> nn.Module:
@@ -89,16 +90,6 @@ def vit_tiny_224(
     num_classes: int, depth: int = 12, dropout: float = 0.0, drop_path: float = 0.1
 ) -> nn.Module:
     """timm ``vit_tiny_patch16_224`` (one input channel), fed 28x28 input upsampled 8x to 224x224."""
-    import timm
-
     _check_vit_options(192, depth, 3, dropout, drop_path)
-    vit = timm.create_model(
-        "vit_tiny_patch16_224",
-        pretrained=False,
-        in_chans=1,
-        num_classes=num_classes,
-        depth=depth,
-        drop_rate=dropout,
-        drop_path_rate=drop_path,
-    )
+    vit = create_timm("vit_tiny_patch16_224", num_classes, dropout, drop_path, depth=depth)
     return Upsampled(disable_fused_attention(vit), scale=8)
