@@ -269,7 +269,7 @@ def _add_model_parsers(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("predict", help="top-k classes for bitmaps (.npy) or strokes (.ndjson)",
                          description="Predict the top-k classes of each drawing; writes one JSON object per "
                          'input line, in order: {"top": [{"class": ..., "prob": ...}, ...]}.')
-    p.add_argument("--model", required=True, help="run folder or 'default'")
+    p.add_argument("--model", required=True, help="run folder, 'default', or an exported .pte / .onnx")
     p.add_argument("--input", required=True, help="(N, 784) or (N, 28, 28) uint8 .npy, or .ndjson of drawings")
     p.add_argument("--out", required=True, help="output .jsonl")
     p.add_argument("--top-k", type=int, default=5, help="classes per drawing (default 5)")
@@ -294,13 +294,162 @@ def _add_run_parser(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser(
         "run",
         help="the whole pipeline on one config, with a report",
-        description="Run the pipeline (data -> train -> evaluate -> report) into one run folder. Stages are "
-        "cached: a re-run redoes only the stages whose config or inputs changed, and an interrupted training "
-        "stage resumes. Default config: the embedded real subset, fast (configs/default.yaml).",
+        description="Run the whole pipeline into one run folder: data -> train -> evaluate (test split) -> "
+        "quantize (every method) -> export (FP32 and INT8 .pte and .onnx, each verified in its runtime) -> bench "
+        "-> report (report.md, report.json). Stages are cached: a re-run redoes only the stages whose config "
+        "section or inputs changed, and an interrupted training stage resumes. Default config: the embedded real "
+        "subset, about 15 minutes on 2 CPU cores (configs/default.yaml; configs/shared52.yaml and "
+        "configs/seed344.yaml are larger recipes).",
     )
     p.add_argument("--config", default=None, help="pipeline YAML (default: the packaged configs/default.yaml)")
     p.add_argument("--out", default="runs/default", help="run folder (default runs/default)")
     p.set_defaults(func=_cmd_run)
+
+
+# ---------------------------------------------------------------------------------------------- qdm serve
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import serve
+
+    serve(args.model, host=args.host, port=args.port, browser_model=args.browser_model, data_dir=args.data)
+    return 0
+
+
+def _add_serve_parser(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser("serve", help="prediction API and drawing page (FastAPI + uvicorn)",
+                         description="Serve POST /predict (strokes or a PNG -> top classes), GET /classes, /health, "
+                         "/model, OpenAPI docs at /docs, and a drawing page at / for phone and desktop browsers that "
+                         "guesses while you draw, on the server or in the browser (INT8 ONNX, WASM).")
+    p.add_argument("--model", default="default", help="run folder or 'default' (default: the bundled model)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--browser-model", default="auto", metavar="ONNX|auto|none",
+                   help="model for the page's in-browser mode: an .onnx from 'qdm export --format onnx', 'auto' "
+                   "(default: export the model to INT8 ONNX once, cached in ~/.cache/quickdraw-mobile) or 'none'")
+    p.add_argument("--data", default=None, help="store the model was trained on: calibration drawings for the "
+                   "'auto' export of a run folder without calibration.npz")
+    p.set_defaults(func=_cmd_serve)
+
+
+# ---------------------------------------------------------------------------------------------- qdm export / bench
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export.pipeline import export_model
+
+    data = _data_dir(args.data) if args.data else None
+    meta = export_model(args.model, args.format, args.quant, args.out, data_dir=data, calib=args.calib,
+                        seed=args.seed)
+    art, check = meta["artifact"], meta["verification"]
+    print(f"wrote {meta['path']} ({art['bytes'] / 1e3:,.1f} KB, {art['runtime']}, quant {art['quant']}) "
+          f"+ {art['file']}.metadata.json + {art['file']}.labels.txt")
+    for line in meta["lowering"]:
+        print(line)
+    print(f"verified in {art['runtime']} on {check['source']}: top-1 agreement with eager "
+          f"{100 * check['top1_agreement']:.2f}% ({check['disagreements']} of {check['drawings']} differ), "
+          f"largest logit difference {check['max_abs_logit_diff']:.3g}; top-1 eager {100 * check['eager_top1']:.2f}%"
+          f", exported {100 * check['exported_top1']:.2f}%")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench.report import markdown_table, write_report
+    from .bench.runner import run_bench
+
+    try:
+        threads = [int(t) for t in args.threads.split(",")] if args.threads else None
+    except ValueError as exc:
+        raise QDMError(f"--threads: expected comma-separated thread counts, e.g. 1,2 ({exc})") from exc
+    if threads is not None and min(threads) < 1:
+        raise QDMError(f"--threads: expected positive thread counts, got {args.threads}")
+    result = run_bench(args.model, args.out, data_dir=_data_dir(args.data) if args.data else None, runs=args.runs,
+                       warmup=args.warmup, batch=args.batch, threads=threads, memory=not args.no_memory,
+                       export=not args.no_export, calib=args.calib)
+    paths = write_report(result, args.out)
+    print(markdown_table(result))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _add_export_parsers(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser(
+        "export",
+        help="export to ExecuTorch .pte (XNNPACK) or ONNX, FP32 or INT8, verified in its own runtime",
+        description="Export a model for phones: --format pte (ExecuTorch, XNNPACK delegate) or onnx; --quant none "
+        "(FP32) or int8 (static quantization calibrated on class-balanced training drawings). The file is "
+        "loaded in its own runtime and compared with the eager model on real test drawings before it is written "
+        "(an FP32 export that changes more than 0.5%% of top-1 answers is an error). Beside it: "
+        "FILE.metadata.json (the exact input contract, classes, how it was made and verified) and "
+        "FILE.labels.txt.",
+    )
+    p.add_argument("--model", required=True, help="run folder or 'default'")
+    p.add_argument("--format", required=True, help="pte or onnx")
+    p.add_argument("--quant", default="none", help="none (FP32, default) or int8")
+    p.add_argument("--out", required=True, help="output file (.pte or .onnx)")
+    p.add_argument("--data", default=None, help="the store the model was trained on (required for run folders: "
+                   "calibration and verification use the run's own training and test splits); for 'default', "
+                   "its bundled real samples are used when omitted")
+    p.add_argument("--calib", type=int, default=2048, help="calibration drawings for int8 (default 2048)")
+    p.add_argument("--seed", type=int, default=0, help="which calibration drawings are picked (default 0)")
+    p.set_defaults(func=_cmd_export)
+
+    p = verbs.add_parser(
+        "bench",
+        help="size, latency, throughput and memory across runtimes",
+        description="Benchmark models in their runtimes: a run folder or 'default' in eager PyTorch (and, unless "
+        "--no-export, exported and verified to FP32/INT8 .pte and .onnx under OUT/artifacts), a .pte in "
+        "ExecuTorch, an .onnx in ONNX Runtime. Measures size on disk, single-drawing latency p50/p95 on 1 thread "
+        "and all threads, batch throughput, achieved GMAC/s against the machine's measured fp32 peak, and the "
+        "peak memory of a fresh process that loads and runs the model. Writes bench.json, bench.md, bench.png.",
+    )
+    p.add_argument("--model", required=True, nargs="+", help="run folders, 'default', .pte or .onnx files")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--data", default=None, help="the model's store: exports calibrate on its training split and "
+                   "top-1 is measured on its test split (default: the bundled samples of 'default')")
+    p.add_argument("--runs", type=int, default=200, help="timed single-drawing runs (default 200)")
+    p.add_argument("--warmup", type=int, default=20, help="untimed warm-up runs (default 20)")
+    p.add_argument("--batch", type=int, default=32, help="batch size for throughput (default 32)")
+    p.add_argument("--threads", default=None, help="thread counts, comma-separated (default: 1 and all cores)")
+    p.add_argument("--calib", type=int, default=2048, help="calibration drawings for the int8 exports")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    p.add_argument("--no-export", action="store_true", help="bench run folders in eager PyTorch only")
+    p.set_defaults(func=_cmd_bench)
+
+
+# ---------------------------------------------------------------------------------------------- qdm quantize
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from .quant import parse_methods
+    from .quant.compare import compare, parse_options
+
+    rows = compare(args.model, parse_methods(args.methods), args.out,
+                   data_dir=_data_dir(args.data) if args.data else None, calib=args.calib, seed=args.seed,
+                   options=parse_options(args.set), threads=args.threads, runs=args.runs)
+    print((Path(args.out) / "comparison.md").read_text(), end="")
+    print(f"wrote {len(rows)} rows to {Path(args.out) / 'comparison.json'}, comparison.md and two plots")
+    return 0
+
+
+def _add_quantize_parser(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser(
+        "quantize",
+        help="compare quantization methods side by side (INT8, 4-bit, mixed, pruned)",
+        description="Apply each method to the model with the same calibration drawings (class-balanced, from its "
+        "training split), write its deployable artifact (ExecuTorch .pte, XNNPACK) and measure it in its "
+        "runtime on the same test split: top-1, top-5, change against fp32, size on disk, single-drawing "
+        "latency p50, peak memory. Methods: fp32, int8-ptq, int8-smoothquant, int8-qat, int8-mixed, int4-rtn, "
+        "int4-gptq, int4-awq, pruned. Writes comparison.json, comparison.md, accuracy_vs_size.png, "
+        "accuracy_vs_latency.png and artifacts/.",
+    )
+    p.add_argument("--model", required=True, help="run folder or 'default'")
+    p.add_argument("--methods", default="all", help="'all' (default) or a comma-separated list of methods")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--data", default=None, help="the store the model was trained on: calibration and fine-tuning "
+                   "use its training split, scores its test split (required for int8-qat and pruned; for "
+                   "'default' without it, the bundled real samples are used)")
+    p.add_argument("--calib", type=int, default=2048, help="calibration drawings (default 2048)")
+    p.add_argument("--seed", type=int, default=0, help="picks the calibration drawings and seeds fine-tuning")
+    p.add_argument("--set", action="append", default=[], metavar="METHOD.OPTION=VALUE",
+                   help="a method option, e.g. int8-qat.steps=500 or int4-gptq.act_order=true (repeatable)")
+    p.add_argument("--threads", type=int, default=1, help="threads for the latency measurement (default 1)")
+    p.add_argument("--runs", type=int, default=100, help="timed single-drawing runs per artifact (default 100)")
+    p.set_defaults(func=_cmd_quantize)
 
 
 # ---------------------------------------------------------------------------------------------- entry point
@@ -315,7 +464,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_parser(verbs)
     _add_train_parser(verbs)
     _add_model_parsers(verbs)
+    _add_export_parsers(verbs)
+    _add_quantize_parser(verbs)
     _add_run_parser(verbs)
+    _add_serve_parser(verbs)
     return parser
 
 

@@ -1,4 +1,8 @@
-"""One resolver for "which model": a run folder, or ``default`` (the model bundled with the package)."""
+"""One resolver for "which model": a run folder, or ``default`` (the model bundled with the package).
+
+Exported files (.pte, .onnx) are not run folders: ``is_artifact`` tells them apart, and
+``quickdraw_mobile.export.load_artifact`` runs them.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from .train import checkpoint as ckpt
 from .train.config import TrainConfig, load_config
 
 DEFAULT = "default"
+ARTIFACT_SUFFIXES = (".pte", ".onnx")
 
 
 @dataclass
@@ -28,6 +33,11 @@ def default_model_dir() -> Path:
     return Path(str(resources.files("quickdraw_mobile").joinpath("pretrained", "default")))
 
 
+def is_artifact(ref: str | Path) -> bool:
+    """True for an exported model file (.pte or .onnx), which runs in its own runtime, not in PyTorch."""
+    return Path(str(ref)).suffix in ARTIFACT_SUFFIXES
+
+
 def resolve_run_dir(ref: str | Path) -> Path:
     if str(ref) == DEFAULT:
         path = default_model_dir()
@@ -35,7 +45,7 @@ def resolve_run_dir(ref: str | Path) -> Path:
             raise QDMError(f"{path}: the bundled default model is missing from this install")
         return path
     path = Path(ref)
-    if path.suffix in (".pte", ".onnx"):
+    if is_artifact(path):
         raise QDMError(f"{path}: an exported artifact; this command needs a run folder or 'default'")
     if not path.is_dir():
         raise QDMError(f"{path}: no such run folder (expected a folder made by 'qdm train', or 'default')")

@@ -1,4 +1,7 @@
-"""``qdm predict``: top-k classes for every drawing of an .npy of bitmaps or an .ndjson of strokes."""
+"""``qdm predict``: top-k classes for every drawing of an .npy of bitmaps or an .ndjson of strokes.
+
+The model is a run folder, ``default``, or an exported .pte / .onnx (run in ExecuTorch / ONNX Runtime).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from .data.store import check_bitmap_array
 from .errors import QDMError
 from .fileio import write_text_atomic
 from .inference import logits_for_pixels
-from .modelref import load_model
+from .modelref import is_artifact, load_model
 
 
 def load_input_bitmaps(path: Path) -> np.ndarray:
@@ -45,8 +48,15 @@ def predict_file(model_ref: str, input_path: str | Path, out: str | Path, k: int
     if k < 1:
         raise QDMError(f"--top-k: expected a positive number, got {k}")
     pixels = load_input_bitmaps(Path(input_path))
-    loaded = load_model(model_ref)
-    probs = torch.softmax(torch.from_numpy(logits_for_pixels(loaded.model, pixels)), dim=1).numpy()
-    rows = top_k(probs, loaded.labels, k)
+    if is_artifact(model_ref):  # an exported .pte / .onnx runs in its own runtime
+        from .export import load_artifact
+
+        artifact = load_artifact(model_ref)
+        logits, labels = artifact.run_pixels(pixels), artifact.labels
+    else:
+        loaded = load_model(model_ref)
+        logits, labels = logits_for_pixels(loaded.model, pixels), loaded.labels
+    probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+    rows = top_k(probs, labels, k)
     write_text_atomic(out, "".join(json.dumps(r) + "\n" for r in rows))
     return len(rows)

@@ -1,0 +1,126 @@
+"""Real drawings for export: a class-balanced calibration set (training split) and a verification set (test split).
+
+Both come from the run's own split settings (its config's classes, fractions, seed and cap), so calibration never
+sees a test drawing and verification never sees a training one. With ``--data`` they are drawn from that store;
+without it, from the small real samples a run folder may carry (the bundled default model does):
+``calibration.npz`` (class-balanced training rows) and ``sample.npz`` (a fixed sample of its test split), each
+with ``pixels`` (N, 784) uint8 and ``labels`` (N,) int.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..data.store import Split, SplitSpec, Store, check_bitmap_array
+from ..errors import QDMError
+from ..modelref import resolve_run_dir
+from ..train import checkpoint as ckpt
+from ..train.config import load_config
+
+CALIBRATION_FILE = "calibration.npz"
+SAMPLE_FILE = "sample.npz"
+VERIFY_MAX = 20_000  # a larger test split (the full dataset's has millions) is sampled, class-balanced
+
+
+@dataclass
+class Drawings:
+    pixels: np.ndarray  # (N, 784) uint8
+    labels: np.ndarray  # (N,) int64, indices into the model's labels
+    source: str  # where they come from, for metadata and reports
+
+
+def run_splits(run_dir: Path, data_dir: str | Path) -> dict[str, Split]:
+    """The train / val / test splits of ``data_dir`` exactly as the run at ``run_dir`` made them."""
+    cfg = load_config(run_dir / ckpt.CONFIG)
+    labels = ckpt.read_labels(run_dir / ckpt.LABELS)
+    store = Store.open(data_dir)
+    missing = [c for c in labels if c not in store.classes]
+    if missing:
+        raise QDMError(f"{data_dir}: lacks {len(missing)} of the model's classes (e.g. {missing[0]!r}); "
+                       "use the data the model was trained on")
+    spec = SplitSpec(cfg.val_fraction, cfg.test_fraction, cfg.split_seed, cfg.max_per_class)
+    splits = store.splits(spec, labels)
+    if splits["train"].classes != labels:
+        raise QDMError(f"{data_dir}: class order differs from {run_dir / ckpt.LABELS}")
+    return splits
+
+
+def balanced_subset(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of ``min(n, len(labels))`` rows spread as evenly over the classes as their sizes allow."""
+    rng = np.random.default_rng([seed, n])
+    rank = np.empty(len(labels), dtype=np.int64)
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        rank[rows] = rng.permutation(len(rows))
+    return np.sort(np.lexsort((labels, rank))[:n])  # round-robin: every class's 1st pick, then 2nd, ...
+
+
+def load_drawings(path: Path, num_classes: int) -> Drawings:
+    """A ``pixels`` + ``labels`` .npz, checked."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            pixels, labels = data["pixels"], data["labels"]
+    except (OSError, ValueError, KeyError, EOFError) as exc:
+        raise QDMError(f"{path}: expected an .npz with 'pixels' and 'labels' ({exc})") from exc
+    pixels = check_bitmap_array(pixels, str(path))
+    labels = np.asarray(labels).astype(np.int64)
+    if labels.shape != (len(pixels),) or labels.min() < 0 or labels.max() >= num_classes:
+        raise QDMError(f"{path}: 'labels' must be {len(pixels)} class indices in 0..{num_classes - 1}")
+    return Drawings(pixels, labels, str(path))
+
+
+def _num_classes(run_dir: Path) -> int:
+    return len(ckpt.read_labels(run_dir / ckpt.LABELS))
+
+
+def _bundled(run_dir: Path, name: str, data_flag_use: str) -> Path:
+    path = run_dir / name
+    if not path.is_file():
+        raise QDMError(f"--data: required for {run_dir} ({data_flag_use} uses the run's own splits; "
+                       f"the run folder has no {name})")
+    return path
+
+
+def calibration_set(model_ref: str | Path, data_dir: str | Path | None = None, n: int = 2048,
+                    seed: int = 0) -> Drawings:
+    """``n`` class-balanced drawings of the run's training split (or its bundled calibration.npz)."""
+    if n < 1:
+        raise QDMError(f"--calib: expected a positive number of drawings, got {n}")
+    run_dir = resolve_run_dir(model_ref)
+    if data_dir is not None:
+        train = run_splits(run_dir, data_dir)["train"]
+        pixels, labels = train.gather(train.balanced_indices(n, seed=seed))
+        return Drawings(pixels, labels, f"{data_dir} (training split, {len(pixels)} class-balanced drawings)")
+    drawings = load_drawings(_bundled(run_dir, CALIBRATION_FILE, "calibration"), _num_classes(run_dir))
+    keep = balanced_subset(drawings.labels, n, seed)
+    return Drawings(drawings.pixels[keep], drawings.labels[keep],
+                    f"{CALIBRATION_FILE} of {run_dir.name} (training split, {len(keep)} class-balanced drawings)")
+
+
+def calibration_pixels(model_ref: str | Path, data_dir: str | Path | None = None, n: int = 2048,
+                       seed: int = 0) -> np.ndarray:
+    """(n, 784) uint8: class-balanced rows of the run's training split, for static quantization."""
+    return calibration_set(model_ref, data_dir, n, seed).pixels
+
+
+def verification_set(model_ref: str | Path, data_dir: str | Path | None = None,
+                     max_drawings: int = VERIFY_MAX) -> Drawings:
+    """The run's test split of ``data_dir`` (all of it up to ``max_drawings``, else a class-balanced sample of
+    that many), or without data its bundled sample.npz."""
+    run_dir = resolve_run_dir(model_ref)
+    if data_dir is not None:
+        test = run_splits(run_dir, data_dir)["test"]
+        if len(test) == 0:
+            raise QDMError(f"{data_dir}: the test split is empty")
+        if len(test) <= max_drawings:
+            pixels, labels = test.materialize()
+            return Drawings(pixels, labels, f"{data_dir} (test split, {len(pixels)} drawings)")
+        pixels, labels = test.gather(test.balanced_indices(max_drawings, seed=0))
+        return Drawings(pixels, labels, f"{data_dir} (test split, {len(pixels)} class-balanced of {len(test)} "
+                                        "drawings)")
+    drawings = load_drawings(_bundled(run_dir, SAMPLE_FILE, "verification"), _num_classes(run_dir))
+    drawings.source = f"{SAMPLE_FILE} of {run_dir.name} (test split sample, {len(drawings.pixels)} drawings)"
+    return drawings

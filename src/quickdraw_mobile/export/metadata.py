@@ -1,0 +1,143 @@
+"""The contract shipped beside every exported model, so that an app cannot get the preprocessing wrong.
+
+``model.pte`` (or ``model.onnx``) gets two sidecar files named after the whole artifact file name (so a ``.pte``
+and an ``.onnx`` of the same stem can share a folder):
+
+    model.pte.metadata.json   what goes in and what comes out: shape, dtype, value range, ink polarity,
+                              normalization, renderer version, class list; plus the artifact's sha256 and size,
+                              how it was made (model, quantization, calibration) and how it was verified
+    model.pte.labels.txt      the class names, one a line, in logit order
+
+``read_metadata`` checks the JSON against the file it describes (name, size, sha256) and against the labels,
+so a stale, swapped or corrupt artifact is caught before anything runs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..data.render import RENDERER_VERSION
+from ..errors import QDMError
+from ..fileio import sha256_file
+
+ARTIFACT_FORMAT = "quickdraw-mobile-artifact"
+ARTIFACT_VERSION = 1
+RUNTIMES = {".pte": "executorch", ".onnx": "onnxruntime"}
+SIDE = 28
+# The normalization of data.loader.normalize, restated here so reading metadata needs no torch.
+MEAN = 0.5
+STD = 0.5
+
+
+def runtime_for(path: str | Path) -> str:
+    """``executorch`` for a .pte, ``onnxruntime`` for an .onnx; anything else is an error."""
+    path = Path(path)
+    if path.suffix not in RUNTIMES:
+        raise QDMError(f"{path}: expected an exported model (.pte or .onnx), got {path.suffix or 'no suffix'!r}")
+    return RUNTIMES[path.suffix]
+
+
+def sidecar_paths(artifact: str | Path) -> tuple[Path, Path]:
+    """(metadata.json, labels.txt) beside ``artifact``."""
+    artifact = Path(artifact)
+    return (artifact.with_name(f"{artifact.name}.metadata.json"), artifact.with_name(f"{artifact.name}.labels.txt"))
+
+
+def input_contract(max_batch: int | None) -> dict:
+    """What the model takes, stated completely: an app reproduces exactly this and nothing else."""
+    return {
+        "name": "pixels",
+        "shape": ["batch", 1, SIDE, SIDE],
+        "batch": {"min": 1, "max": max_batch},
+        "dtype": "float32",
+        "layout": "NCHW: one channel, 28 rows of 28 pixels, row-major (top row first)",
+        "value_range": [-1.0, 1.0],
+        "ink_polarity": "ink is positive: +1.0 is full ink, -1.0 is empty paper",
+        "normalization": "x = (p / 255 - 0.5) / 0.5 = p / 127.5 - 1 for each uint8 grey level p of the bitmap",
+        "mean": MEAN,
+        "std": STD,
+        "bitmap": {"dtype": "uint8", "background": 0, "ink": 255, "height": SIDE, "width": SIDE},
+        "renderer": RENDERER_VERSION,
+        "rendering": "strokes become the bitmap as in the official numpy_bitmap files: simplified strokes "
+        "(0..255) centred in a 304-unit frame scaled to 28x28, round-capped lines 16 units wide, 2x2 "
+        "supersampled coverage, strokes composited with 'over' (see quickdraw_mobile.data.render)",
+    }
+
+
+def build_metadata(*, name: str, written: Path, quant: str, classes: list[str], max_batch: int | None,
+                   model: dict, export: dict, verification: dict | None = None) -> dict:
+    """The metadata.json of the artifact called ``name``, whose bytes are in ``written`` (size and sha256)."""
+    return {
+        "format": ARTIFACT_FORMAT,
+        "version": ARTIFACT_VERSION,
+        "artifact": {
+            "file": name,
+            "runtime": runtime_for(name),
+            "quant": quant,
+            "bytes": written.stat().st_size,
+            "sha256": sha256_file(written),
+        },
+        "input": input_contract(max_batch),
+        "output": {
+            "name": "logits",
+            "shape": ["batch", len(classes)],
+            "dtype": "float32",
+            "meaning": "unnormalized class scores in the order of 'classes'; softmax gives probabilities",
+        },
+        "num_classes": len(classes),
+        "classes": list(classes),
+        "model": model,
+        "export": export,
+        "verification": verification,
+    }
+
+
+def labels_text(classes: list[str]) -> str:
+    return "".join(f"{c}\n" for c in classes)
+
+
+def read_metadata(artifact: str | Path, check_file: bool = True) -> tuple[dict, list[str]]:
+    """Metadata and labels of ``artifact``, checked against each other and (``check_file``) the file itself."""
+    artifact = Path(artifact)
+    runtime = runtime_for(artifact)
+    if not artifact.is_file():
+        raise QDMError(f"{artifact}: no such exported model")
+    meta_path, labels_path = sidecar_paths(artifact)
+    for path in (meta_path, labels_path):
+        if not path.is_file():
+            raise QDMError(f"{path}: missing; every exported model needs it beside it (made by 'qdm export')")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise QDMError(f"{meta_path}: not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict) or meta.get("format") != ARTIFACT_FORMAT:
+        raise QDMError(f"{meta_path}: expected format {ARTIFACT_FORMAT!r}")
+    if meta.get("version") != ARTIFACT_VERSION:
+        raise QDMError(f"{meta_path}: unsupported version {meta.get('version')!r}, expected {ARTIFACT_VERSION}")
+    for key, kind in (("artifact", dict), ("input", dict), ("output", dict), ("classes", list),
+                      ("num_classes", int)):
+        if not isinstance(meta.get(key), kind):
+            raise QDMError(f"{meta_path}: field {key!r} missing or not a {kind.__name__}")
+    classes, num_classes = meta["classes"], meta["num_classes"]
+    if len(classes) != num_classes or num_classes < 1:
+        raise QDMError(f"{meta_path}: num_classes is {num_classes} but 'classes' lists {len(classes)}")
+    if meta["input"].get("shape") != ["batch", 1, SIDE, SIDE] or meta["input"].get("dtype") != "float32":
+        raise QDMError(f"{meta_path}: input must be float32 of shape ['batch', 1, 28, 28], got "
+                       f"{meta['input'].get('dtype')} {meta['input'].get('shape')}")
+    if meta["output"].get("shape") != ["batch", num_classes]:
+        raise QDMError(f"{meta_path}: output shape {meta['output'].get('shape')} does not match "
+                       f"{num_classes} classes")
+    if meta["artifact"].get("runtime") != runtime:
+        raise QDMError(f"{meta_path}: describes a {meta['artifact'].get('runtime')} model, not a {runtime} one")
+    labels = [line for line in labels_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if labels != classes:
+        raise QDMError(f"{labels_path}: {len(labels)} labels differ from the {num_classes} classes of {meta_path}")
+    if check_file:
+        if meta["artifact"].get("file") != artifact.name:
+            raise QDMError(f"{meta_path}: describes {meta['artifact'].get('file')!r}, not {artifact.name!r}")
+        size = artifact.stat().st_size
+        if size != meta["artifact"].get("bytes") or sha256_file(artifact) != meta["artifact"].get("sha256"):
+            raise QDMError(f"{artifact}: size or sha256 differs from {meta_path.name} (file changed or corrupt; "
+                           "export it again)")
+    return meta, labels

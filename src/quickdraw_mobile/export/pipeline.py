@@ -1,0 +1,90 @@
+"""``qdm export``: a run folder (or ``default``) -> a verified .pte or .onnx with its metadata and labels.
+
+Order of work, so that nothing wrong ever sits under the final name:
+1. load the model and the real drawings (calibration: training split; verification: test split or sample);
+2. convert (ExecuTorch + XNNPACK, or ONNX; FP32 or static INT8);
+3. write the bytes to a temporary file beside ``--out``, load it in its own runtime, run the verification
+   drawings through it and through the eager model, and compare (an FP32 export that changes the top-1 class of
+   more than 0.5% of them is an error);
+4. write the sidecars (metadata.json, labels.txt), then rename the artifact into place. A failure at any step
+   leaves earlier files untouched.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+from pathlib import Path
+
+from .. import __version__
+from ..errors import QDMError
+from ..fileio import atomic_path, write_json_atomic, write_text_atomic
+from ..modelref import DEFAULT, load_model
+from ..models.profile import count_macs, count_params
+from .calibration import calibration_set, verification_set
+from .metadata import build_metadata, labels_text, read_metadata, sidecar_paths
+from .runtime import Artifact
+from .verify import check_agreement, verify_artifact
+
+FORMATS = {"pte": ".pte", "onnx": ".onnx"}
+QUANT_MODES = ("none", "int8")
+
+
+def check_options(fmt: str, quant: str, out: str | Path) -> Path:
+    if fmt not in FORMATS:
+        raise QDMError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    if quant not in QUANT_MODES:
+        raise QDMError(f"--quant: expected one of {', '.join(QUANT_MODES)}, got {quant!r}")
+    out = Path(out)
+    if out.suffix != FORMATS[fmt]:
+        raise QDMError(f"--out: expected a file name ending in {FORMATS[fmt]} for --format {fmt}, got {out}")
+    return out
+
+
+def export_model(model_ref: str | Path, fmt: str, quant: str, out: str | Path, data_dir: str | Path | None = None,
+                 calib: int = 2048, seed: int = 0) -> dict:
+    """Export, verify and write ``out`` plus its sidecars; returns the metadata written (with a lowering report)."""
+    out = check_options(fmt, quant, out)
+    loaded = load_model(model_ref)
+    verification = verification_set(model_ref, data_dir)
+    calibration = calibration_set(model_ref, data_dir, calib, seed) if quant == "int8" else None
+    pixels = calibration.pixels if calibration else None
+
+    lowering: list[str] = []
+    if fmt == "pte":
+        from .executorch import PTE_MAX_BATCH, to_pte
+
+        data, report = to_pte(loaded.model, quant, pixels)
+        max_batch, lowering = PTE_MAX_BATCH, report.lines()
+        backend = {"runtime": "executorch", "executorch": version("executorch"), "backend": "XNNPACK",
+                   "delegated_ops": report.delegated, "not_delegated_ops": report.not_delegated}
+        scheme = ("PT2E static: INT8 weights per output channel (symmetric), INT8 activations per tensor "
+                  "(affine), XNNPACKQuantizer")
+    else:
+        from .onnx import op_counts, to_onnx
+
+        data = to_onnx(loaded.model, quant, pixels)
+        max_batch = None
+        backend = {"runtime": "onnxruntime", "onnxruntime": version("onnxruntime"),
+                   "provider": "CPUExecutionProvider", "ops": op_counts(data)}
+        scheme = ("ONNX Runtime static QDQ: INT8 weights per output channel (symmetric), UINT8 activations per "
+                  "tensor (affine), min/max calibration")
+    model_info = {"name": loaded.config.model, "options": loaded.config.model_kwargs,
+                  "source": DEFAULT if str(model_ref) == DEFAULT else str(Path(model_ref).resolve()),
+                  "params": count_params(loaded.model), "macs": count_macs(loaded.model)}
+    export_info = {"tool": f"quickdraw-mobile {__version__}", "torch": version("torch"), **backend,
+                   "quantization": scheme if quant == "int8" else "none (float32)",
+                   "calibration": None if calibration is None else
+                   {"drawings": len(calibration.pixels), "seed": seed, "source": calibration.source}}
+
+    meta_path, labels_path = sidecar_paths(out)
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(data)
+        metadata = build_metadata(name=out.name, written=tmp, quant=quant, classes=loaded.labels,
+                                  max_batch=max_batch, model=model_info, export=export_info)
+        result = verify_artifact(Artifact(tmp, metadata, loaded.labels), loaded.model, verification)
+        check_agreement(result, quant, str(out))
+        metadata["verification"] = result
+        write_text_atomic(labels_path, labels_text(loaded.labels))
+        write_json_atomic(meta_path, metadata)
+    read_metadata(out)  # the files on disk describe each other
+    return {**metadata, "lowering": lowering, "path": str(out)}

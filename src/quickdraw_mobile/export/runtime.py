@@ -1,0 +1,162 @@
+"""One way to run an exported model, whatever its runtime: ``load_artifact(path).run(x) -> logits``.
+
+``load_artifact`` reads the sidecar metadata (checked against the file: name, size, sha256, labels), loads the
+file in its own runtime (``executorch.runtime`` for .pte, ``onnxruntime`` for .onnx) and checks what the runtime
+declares against the metadata: one input of (batch, 1, 28, 28) float32, one output of (batch, num_classes).
+Verification, ``qdm predict``, ``qdm bench`` and the web server all run models through this class.
+
+Nothing here imports torch unless a .pte is loaded (ExecuTorch's Python binding takes torch tensors), so an
+ONNX Runtime process stays as small as an app's would be.
+
+Threads: ONNX Runtime takes them per session. ExecuTorch's XNNPACK delegate uses one process-wide thread pool,
+which the Python binding can only resize with ``_unsafe_reset_threadpool`` (public since executorch PR 9196,
+"experimental"); the pool is handed to the delegate when a method is loaded, so it is resized before loading.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import QDMError
+from .metadata import MEAN, SIDE, STD, read_metadata
+
+Forward = Callable[[np.ndarray], np.ndarray]
+
+
+def normalize_pixels(pixels: np.ndarray) -> np.ndarray:
+    """uint8 bitmaps (B, 784) or (B, 28, 28) -> float32 (B, 1, 28, 28): ``data.loader.normalize`` in numpy."""
+    pixels = np.asarray(pixels)
+    if pixels.dtype != np.uint8:
+        raise QDMError(f"pixels: expected dtype uint8, got {pixels.dtype}")
+    if pixels.ndim < 2 or pixels.shape[1:] not in ((SIDE * SIDE,), (SIDE, SIDE), (1, SIDE, SIDE)):
+        raise QDMError(f"pixels: expected shape (B, 784) or (B, 28, 28), got {pixels.shape}")
+    # Same float32 arithmetic as the torch version (divide by 127.5, then add -1): bit-identical inputs.
+    x = pixels.reshape(len(pixels), 1, SIDE, SIDE).astype(np.float32) / np.float32(255.0 * STD)
+    return x + np.float32(-MEAN / STD)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def quiet_executorch_import() -> None:
+    """Importing ExecuTorch imports torchao, which registers an Enum as a pytree constant: torch 2.14 logs a
+    deprecation warning about it on every start. Nothing for a user to act on."""
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+
+
+def _open_executorch(path: Path, threads: int | None) -> tuple[Forward, list, list]:
+    quiet_executorch_import()
+    import torch
+    from executorch.extension.pybindings import portable_lib
+    from executorch.runtime import Runtime
+
+    if threads:
+        portable_lib._unsafe_reset_threadpool(threads)
+    try:
+        program = Runtime.get().load_program(path)
+        method = program.load_method("forward")
+    except (RuntimeError, ValueError) as exc:
+        raise QDMError(f"{path}: ExecuTorch cannot load it ({_first_line(exc)}); corrupt or not a .pte") from exc
+    meta = method.metadata
+    if meta.num_inputs() != 1 or meta.num_outputs() != 1:
+        raise QDMError(f"{path}: expected 1 input and 1 output, the program has {meta.num_inputs()} and "
+                       f"{meta.num_outputs()}")
+    in_shape = list(meta.input_tensor_meta(0).sizes())  # the upper bound of each dimension
+    out_shape = list(meta.output_tensor_meta(0).sizes())
+
+    def forward(x: np.ndarray, _program=program) -> np.ndarray:  # the default keeps the program alive
+        return method.execute([torch.from_numpy(x)])[0].numpy()
+
+    return forward, in_shape, out_shape
+
+
+def _open_onnxruntime(path: Path, threads: int | None) -> tuple[Forward, list, list]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: ORT warns about unused initializers and the like
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own pybind error types (InvalidProtobuf, InvalidGraph, Fail, ...)
+        raise QDMError(f"{path}: ONNX Runtime cannot load it ({_first_line(exc)}); corrupt or not an .onnx") from exc
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise QDMError(f"{path}: expected 1 input and 1 output, the model has {len(inputs)} and {len(outputs)}")
+    if inputs[0].type != "tensor(float)":
+        raise QDMError(f"{path}: input is {inputs[0].type}, expected tensor(float)")
+    in_name, out_name = inputs[0].name, outputs[0].name
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        return session.run([out_name], {in_name: x})[0]
+
+    return forward, list(inputs[0].shape), list(outputs[0].shape)
+
+
+class Artifact:
+    """An exported model loaded in its own runtime, with its checked metadata and labels."""
+
+    def __init__(self, path: str | Path, metadata: dict, labels: list[str], threads: int | None = None):
+        self.path = Path(path)
+        self.metadata = metadata
+        self.labels = labels
+        self.runtime = metadata["artifact"]["runtime"]
+        self.num_classes = int(metadata["num_classes"])
+        self.max_batch = metadata["input"].get("batch", {}).get("max")
+        opener = _open_executorch if self.runtime == "executorch" else _open_onnxruntime
+        self._forward, in_shape, out_shape = opener(self.path, threads)
+        self._check_shapes(in_shape, out_shape)
+
+    def _check_shapes(self, in_shape: list, out_shape: list) -> None:
+        """What the runtime declares must be what the metadata promises (catches a swapped or stale file)."""
+        where = f"{self.path}: the model"
+        if len(in_shape) != 4 or list(in_shape[1:]) != [1, SIDE, SIDE]:
+            raise QDMError(f"{where} takes input of shape {in_shape}, metadata says (batch, 1, 28, 28)")
+        if len(out_shape) != 2 or (isinstance(out_shape[1], int) and out_shape[1] != self.num_classes):
+            raise QDMError(f"{where} gives {out_shape[1] if len(out_shape) == 2 else out_shape} outputs per "
+                           f"drawing, metadata says {self.num_classes} classes")
+        if self.runtime == "executorch" and self.max_batch is not None and in_shape[0] != self.max_batch:
+            raise QDMError(f"{where} takes batches of up to {in_shape[0]}, metadata says {self.max_batch}")
+
+    @property
+    def size_bytes(self) -> int:
+        return self.path.stat().st_size
+
+    @property
+    def quant(self) -> str:
+        return self.metadata["artifact"]["quant"]
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Logits (B, num_classes) float32 for normalized input (B, 1, 28, 28) float32 (numpy or torch)."""
+        x = np.ascontiguousarray(x.numpy() if hasattr(x, "numpy") else x, dtype=np.float32)
+        if x.ndim != 4 or x.shape[1:] != (1, SIDE, SIDE):
+            raise QDMError(f"input: expected shape (B, 1, 28, 28), got {x.shape}")
+        step = self.max_batch or max(1, len(x))
+        outputs = [self._forward(x[i : i + step]) for i in range(0, len(x), step)]
+        if not outputs:
+            return np.zeros((0, self.num_classes), dtype=np.float32)
+        return np.concatenate(outputs).astype(np.float32, copy=False)
+
+    def run_batch(self, x: np.ndarray) -> np.ndarray:
+        """One bare runtime call, for timing: ``x`` C-contiguous float32 (B, 1, 28, 28), B <= max_batch."""
+        return self._forward(x)
+
+    def run_pixels(self, pixels: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        """Logits for uint8 bitmaps (N, 784) or (N, 28, 28), normalized exactly as in training."""
+        return np.concatenate([self.run(normalize_pixels(pixels[i : i + batch_size]))
+                               for i in range(0, len(pixels), batch_size)] or
+                              [np.zeros((0, self.num_classes), dtype=np.float32)])
+
+
+def load_artifact(path: str | Path, threads: int | None = None) -> Artifact:
+    """Load a .pte or .onnx with its checked sidecars. ``threads``: compute threads (None: the runtime's default)."""
+    metadata, labels = read_metadata(path)
+    return Artifact(path, metadata, labels, threads=threads)

@@ -1,0 +1,126 @@
+"""``qdm bench`` end to end on a tiny setting, and its parts (timing, memory process, report). No timing asserts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from quickdraw_mobile.bench.latency import latency, peak_gmacs, throughput, time_calls
+from quickdraw_mobile.bench.memory import peak_memory
+from quickdraw_mobile.bench.report import markdown_table
+from quickdraw_mobile.bench.runner import run_bench
+from quickdraw_mobile.cli import main as qdm
+from quickdraw_mobile.data.store import Store
+from quickdraw_mobile.errors import QDMError
+from quickdraw_mobile.export.pipeline import export_model
+from quickdraw_mobile.train import train
+from quickdraw_mobile.train.config import TrainConfig
+
+CLASSES = ["apple", "cat", "star"]
+TINY = dict(model="cnn_small", model_kwargs={"width": 8}, epochs=2, batch_size=32, max_per_class=200,
+            warmup_epochs=0.5, threads=1, seed=0)
+
+
+@pytest.fixture(scope="module")
+def store(shared_data, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("store")
+    s = Store.create(root)
+    for name in CLASSES:
+        rows = np.load(shared_data / "numpy_bitmap" / f"{name}.npy", mmap_mode="r")[:200]
+        s.add_class(name, np.ascontiguousarray(rows), source="test")
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(store, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "run"
+    train(TrainConfig(**TINY), store, out, progress=False)
+    return out
+
+
+def test_bench_runs_end_to_end(run, store, tmp_path):
+    out = tmp_path / "bench"
+    result = run_bench([str(run)], out, data_dir=store, runs=5, warmup=1, batch=4, threads=[1], calib=64)
+    names = [r["name"] for r in result["results"]]
+    assert names == ["PyTorch eager FP32", "ExecuTorch FP32", "ExecuTorch INT8", "ONNX Runtime FP32",
+                     "ONNX Runtime INT8"]
+    for row in result["results"]:
+        measured = Path(row["path"]) / "model.safetensors" if row["runtime"] == "pytorch" else Path(row["path"])
+        assert row["size_bytes"] == measured.stat().st_size
+        lat = row["latency"]["1"]
+        assert 0 < lat["p50_ms"] <= lat["p95_ms"] and lat["runs"] == 5
+        assert row["throughput"]["1"]["batch"] == 4 and row["throughput"]["1"]["images_per_s"] > 0
+        assert row["gmacs"]["1"] == pytest.approx(row["macs"] / (lat["p50_ms"] / 1e3) / 1e9)
+        mem = row["memory"]
+        assert mem["peak_rss_mb"] >= mem["after_import_rss_mb"] > 0 and mem["model_rss_mb"] >= 0
+        assert mem["torch_imported"] == (row["runtime"] != "onnxruntime")  # an ONNX app needs no torch
+        assert 0 <= row["top1"] <= 1
+    by_name = {r["name"]: r for r in result["results"]}
+    assert by_name["ExecuTorch FP32"]["agreement_with_eager"] == 1.0
+    assert by_name["ExecuTorch INT8"]["size_bytes"] < by_name["ExecuTorch FP32"]["size_bytes"]
+    assert result["machine"]["peak_fp32_gmacs"]["1"] > 0
+    assert "test split, 60 drawings" in result["settings"]["accuracy_on"]
+
+    from quickdraw_mobile.bench.report import write_report
+
+    paths = write_report(result, out)
+    assert json.loads(paths["json"].read_text())["results"][0]["name"] == "PyTorch eager FP32"
+    table = paths["markdown"].read_text()
+    assert table.count("\n| ") == 6 and "| ExecuTorch INT8 |" in table and "fp32 matmul peak" in table
+    assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in (out / "artifacts").iterdir() if not p.name.endswith((".json", ".txt"))) == \
+        ["run_fp32.onnx", "run_fp32.pte", "run_int8.onnx", "run_int8.pte"]
+
+
+def test_bench_cli_on_files(run, store, tmp_path, capsys):
+    pte = export_model(run, "pte", "none", tmp_path / "m.pte", data_dir=store)["path"]
+    onnx = export_model(run, "onnx", "int8", tmp_path / "m.onnx", data_dir=store, calib=64)["path"]
+    out = tmp_path / "bench"
+    assert qdm(["bench", "--model", pte, onnx, "--out", str(out), "--runs", "5", "--warmup", "1",
+                "--batch", "8", "--threads", "1,2", "--no-memory"]) == 0
+    printed = capsys.readouterr().out
+    assert "| ExecuTorch FP32 |" in printed and "| ONNX Runtime INT8 |" in printed and "p50 ms (2t)" in printed
+    result = json.loads((out / "bench.json").read_text())
+    assert [r["name"] for r in result["results"]] == ["ExecuTorch FP32", "ONNX Runtime INT8"]
+    assert all("memory" not in r and "top1" not in r for r in result["results"])
+    assert set(result["results"][0]["latency"]) == {"1", "2"}
+
+    assert qdm(["bench", "--model", pte, "--out", str(out), "--threads", "one"]) == 2
+    assert "--threads: expected comma-separated thread counts" in capsys.readouterr().err
+    with pytest.raises(QDMError, match="takes batches of at most 32, got 64"):
+        run_bench([pte], out, batch=64, memory=False)
+
+
+def test_timing_helpers_count_and_order():
+    calls = []
+    times = time_calls(lambda x: calls.append(x), np.zeros(1), runs=7, warmup=3)
+    assert len(times) == 7 and len(calls) == 10 and (times >= 0).all()
+    stats = latency(lambda x: x + 1, np.zeros(4), runs=20, warmup=2)
+    assert stats["p50_ms"] <= stats["p95_ms"] and stats["runs"] == 20
+    thr = throughput(lambda x: x * 2, np.zeros((8, 3)), runs=5, warmup=1)
+    assert thr["images_per_s"] == pytest.approx(8 / (thr["ms_per_batch"] / 1e3))
+    assert peak_gmacs(1, size=128, repeats=2) > 0
+
+
+def test_memory_process_reports_and_fails_clearly(run, tmp_path):
+    mem = peak_memory(str(run), batch=2, runs=2)
+    assert mem["batch"] == 2 and mem["peak_rss_mb"] >= mem["after_import_rss_mb"] > 0
+    with pytest.raises(QDMError, match="the memory measurement process failed"):
+        peak_memory(str(tmp_path / "missing.onnx"))
+
+
+def test_markdown_table_marks_missing_columns():
+    row = {"name": "X", "runtime": "onnxruntime", "quant": "none", "path": "x.onnx", "size_bytes": 2048,
+           "macs": 1_000_000, "latency": {"1": {"p50_ms": 0.5, "p95_ms": 0.7, "mean_ms": 0.55, "runs": 9}},
+           "throughput": {"1": {"batch": 32, "images_per_s": 1000.0, "ms_per_batch": 32.0, "runs": 5}},
+           "gmacs": {"1": 2.0}}
+    result = {"machine": {"cpu": "cpu", "cores": 1, "peak_fp32_gmacs": {"1": 10.0}, "torch": "t",
+                          "executorch": "e", "onnxruntime": "o"},
+              "settings": {"runs": 9, "warmup": 1, "batch": 32, "threads": [1], "accuracy_on": None},
+              "results": [row]}
+    table = markdown_table(result)
+    assert "| X | 2.0 | 0.500 | 0.700 | 1,000 | 2.00 | - | - | - |" in table
+    assert "model MACs per drawing: 1.00 M" in table

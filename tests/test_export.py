@@ -1,0 +1,366 @@
+"""Export to ExecuTorch .pte and ONNX (FP32 and INT8), checked by running the files in their own runtimes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from quickdraw_mobile.cli import main as qdm
+from quickdraw_mobile.data.loader import normalize
+from quickdraw_mobile.data.render import RENDERER_VERSION
+from quickdraw_mobile.data.store import Store
+from quickdraw_mobile.errors import QDMError
+from quickdraw_mobile.export import load_artifact, normalize_pixels, read_metadata, sidecar_paths
+from quickdraw_mobile.export.calibration import (
+    balanced_subset,
+    calibration_set,
+    run_splits,
+    verification_set,
+)
+from quickdraw_mobile.export.executorch import to_pte
+from quickdraw_mobile.export.onnx import to_onnx
+from quickdraw_mobile.export.pipeline import export_model
+from quickdraw_mobile.fileio import write_text_atomic
+from quickdraw_mobile.inference import logits_for_pixels
+from quickdraw_mobile.modelref import default_model_dir, load_model
+from quickdraw_mobile.models import create_model, list_models
+from quickdraw_mobile.train import checkpoint as ckpt
+from quickdraw_mobile.train import train
+from quickdraw_mobile.train.config import TrainConfig
+
+CLASSES = ["apple", "cat", "star"]
+# Small configurations of every registered model (as in test_models.py); others at their defaults.
+SMALL = {
+    "cnn": dict(width=8, blocks=(1, 1)),
+    "cnn_small": dict(width=8),
+    "sketchcnn": dict(width=8, hidden=32),
+    "vit_tiny": dict(embed_dim=48, depth=2, num_heads=3),
+    "vit_tiny_224": dict(depth=1),
+}
+TINY = dict(model="cnn_small", model_kwargs={"width": 8}, epochs=3, batch_size=32, max_per_class=200,
+            warmup_epochs=0.5, threads=1, seed=0)
+
+
+@pytest.fixture(scope="module")
+def store(shared_data, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("store")
+    s = Store.create(root)
+    for name in CLASSES:
+        rows = np.load(shared_data / "numpy_bitmap" / f"{name}.npy", mmap_mode="r")[:200]
+        s.add_class(name, np.ascontiguousarray(rows), source="test")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained_run(store, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("trained") / "run"
+    train(TrainConfig(**TINY), store, out, progress=False)
+    return out
+
+
+def random_run(root: Path, name: str) -> Path:
+    """A run folder holding model ``name`` (small configuration) with seeded random weights."""
+    torch.manual_seed(0)
+    options = SMALL.get(name, {})
+    model = create_model(name, len(CLASSES), **options)
+    root.mkdir(parents=True)
+    cfg = TrainConfig(model=name, model_kwargs=options, max_per_class=200)
+    write_text_atomic(root / ckpt.CONFIG, cfg.to_yaml())
+    ckpt.write_labels(root / ckpt.LABELS, CLASSES)
+    ckpt.save_weights(root / ckpt.WEIGHTS, model.state_dict())
+    return root
+
+
+# ------------------------------------------------------------------------------------ every model, FP32
+
+
+SLOW_EXPORTS = {("mobilevit", "pte")}  # about a minute: 49 XNNPACK subgraphs to lower
+
+
+@pytest.mark.parametrize(("name", "fmt"), [
+    pytest.param(n, f, marks=pytest.mark.slow) if (n, f) in SLOW_EXPORTS else (n, f)
+    for n in list_models() for f in ("pte", "onnx")])
+def test_every_model_exports_fp32_and_runs(name, fmt, store, tmp_path):
+    run = random_run(tmp_path / "run", name)
+    out = tmp_path / f"{name}.{fmt}"
+    meta = export_model(run, fmt, "none", out, data_dir=store)
+    assert meta["verification"]["top1_agreement"] == 1.0
+    assert meta["verification"]["drawings"] == 60  # the run's test split: 10% of 3 x 200
+
+    artifact = load_artifact(out)
+    pixels, _ = run_splits(run, store)["test"].materialize()
+    expected = logits_for_pixels(load_model(run).model, pixels)
+    np.testing.assert_allclose(artifact.run_pixels(pixels), expected, atol=1e-3, rtol=1e-3)
+    assert artifact.labels == CLASSES and artifact.runtime == {"pte": "executorch", "onnx": "onnxruntime"}[fmt]
+
+
+# ------------------------------------------------------------------------------------ INT8
+
+
+@pytest.mark.parametrize("fmt", ["pte", "onnx"])
+def test_trained_model_int8_export_agrees_and_is_smaller(fmt, trained_run, store, tmp_path):
+    fp32 = export_model(trained_run, fmt, "none", tmp_path / f"fp32.{fmt}", data_dir=store)
+    int8 = export_model(trained_run, fmt, "int8", tmp_path / f"int8.{fmt}", data_dir=store, calib=256)
+    assert int8["artifact"]["bytes"] < 0.6 * fp32["artifact"]["bytes"]
+    check = int8["verification"]
+    assert check["top1_agreement"] >= 0.9 and check["drawings"] == 60
+    assert abs(check["exported_top1"] - check["eager_top1"]) <= 0.1
+    calib = int8["export"]["calibration"]
+    assert calib["drawings"] == 256 and "training split" in calib["source"]
+    if fmt == "pte":  # the whole CNN is one XNNPACK delegate, quantize/dequantize included
+        assert int8["export"]["not_delegated_ops"] == {}
+        assert int8["export"]["delegated_ops"]["aten::convolution"] == 7
+        assert int8["export"]["delegated_ops"]["quantized_decomposed::quantize_per_tensor"] > 0
+
+
+@pytest.mark.parametrize("fmt", ["pte", "onnx"])
+def test_default_model_int8_agrees_with_eager_on_the_bundled_sample(fmt, tmp_path):
+    if not (default_model_dir() / ckpt.WEIGHTS).exists():
+        pytest.skip("the bundled default model is not in this checkout")
+    out = tmp_path / f"default_int8.{fmt}"
+    meta = export_model("default", fmt, "int8", out)
+    artifact = load_artifact(out)
+    sample = verification_set("default")
+    eager = logits_for_pixels(load_model("default").model, sample.pixels)
+    agreement = float((artifact.run_pixels(sample.pixels).argmax(1) == eager.argmax(1)).mean())
+    assert agreement >= 0.98
+    assert meta["verification"]["top1_agreement"] == pytest.approx(agreement)
+    assert len(sample.pixels) >= 20 * artifact.num_classes
+
+
+# ------------------------------------------------------------------------------------ metadata and labels
+
+
+def test_metadata_and_labels_state_the_contract(trained_run, store, tmp_path):
+    out = tmp_path / "model.onnx"
+    export_model(trained_run, "onnx", "none", out, data_dir=store)
+    meta_path, labels_path = sidecar_paths(out)
+    assert meta_path.name == "model.onnx.metadata.json" and labels_path.name == "model.onnx.labels.txt"
+    meta = json.loads(meta_path.read_text())
+    assert labels_path.read_text().splitlines() == CLASSES == meta["classes"]
+    assert meta["num_classes"] == 3 and meta["output"]["shape"] == ["batch", 3]
+    assert meta["artifact"]["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert meta["artifact"]["bytes"] == out.stat().st_size
+    contract = meta["input"]
+    assert contract["shape"] == ["batch", 1, 28, 28] and contract["dtype"] == "float32"
+    assert contract["value_range"] == [-1.0, 1.0] and contract["renderer"] == RENDERER_VERSION
+    assert contract["bitmap"] == {"dtype": "uint8", "background": 0, "ink": 255, "height": 28, "width": 28}
+    assert "ink is positive" in contract["ink_polarity"]
+    # the stated normalization is the training one, for every grey level
+    levels = np.resize(np.arange(256, dtype=np.uint8), (1, 784))
+    stated = (levels / 255.0 - contract["mean"]) / contract["std"]
+    np.testing.assert_allclose(normalize(levels).reshape(-1).numpy(), stated.reshape(-1), atol=1e-6)
+    assert meta["model"]["name"] == "cnn_small" and meta["model"]["macs"] > 0
+    assert read_metadata(out)[1] == CLASSES
+
+
+def test_numpy_normalization_is_bit_identical_to_the_training_one():
+    pixels = np.arange(784 * 2, dtype=np.int64).reshape(2, 784).__mod__(256).astype(np.uint8)
+    assert np.array_equal(normalize_pixels(pixels), normalize(pixels).numpy())
+    assert normalize_pixels(pixels).dtype == np.float32
+
+
+# ------------------------------------------------------------------------------------ calibration data
+
+
+def test_calibration_is_class_balanced_from_the_training_split(trained_run, store):
+    calib = calibration_set(trained_run, store, n=90, seed=0)
+    assert np.bincount(calib.labels).tolist() == [30, 30, 30]
+    splits = run_splits(trained_run, store)
+    test_rows = {r.tobytes() for r in splits["test"].materialize()[0]}
+    assert not any(r.tobytes() in test_rows for r in calib.pixels)
+    assert np.array_equal(calib.pixels, calibration_set(trained_run, store, n=90, seed=0).pixels)
+    assert not np.array_equal(calib.pixels, calibration_set(trained_run, store, n=90, seed=1).pixels)
+
+
+def test_bundled_samples_are_used_without_data(trained_run, store, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    with pytest.raises(QDMError, match="--data: required"):
+        calibration_set(run)
+    splits = run_splits(run, store)
+    for name, split in (("calibration.npz", "train"), ("sample.npz", "test")):
+        pixels, labels = splits[split].materialize()
+        np.savez_compressed(run / name, pixels=pixels, labels=labels)
+    calib = calibration_set(run, n=30)
+    assert np.bincount(calib.labels).tolist() == [10, 10, 10] and "calibration.npz" in calib.source
+    assert len(verification_set(run).pixels) == 60
+    meta = export_model(run, "pte", "int8", tmp_path / "m.pte", calib=30)
+    assert "calibration.npz" in meta["export"]["calibration"]["source"]
+    assert "sample.npz" in meta["verification"]["source"]
+
+
+def test_balanced_subset_round_robins_over_classes():
+    labels = np.array([0] * 10 + [1] * 2 + [2] * 10)
+    picks = balanced_subset(labels, 10, seed=0)
+    assert np.bincount(labels[picks]).tolist() == [4, 2, 4]
+    assert np.array_equal(picks, np.sort(picks)) and len(set(picks.tolist())) == 10
+
+
+# ------------------------------------------------------------------------------------ bad input
+
+
+def test_unknown_format_quant_and_suffix(trained_run, tmp_path):
+    with pytest.raises(QDMError, match=r"--format: expected one of pte, onnx, got 'tflite'"):
+        export_model(trained_run, "tflite", "none", tmp_path / "m.tflite")
+    with pytest.raises(QDMError, match=r"--quant: expected one of none, int8, got 'int4'"):
+        export_model(trained_run, "pte", "int4", tmp_path / "m.pte")
+    with pytest.raises(QDMError, match=r"--out: expected a file name ending in \.onnx"):
+        export_model(trained_run, "onnx", "none", tmp_path / "m.pte")
+    with pytest.raises(QDMError, match="--data: required"):
+        export_model(trained_run, "onnx", "none", tmp_path / "m.onnx")
+    assert qdm(["export", "--model", str(trained_run), "--format", "tflite", "--out", str(tmp_path / "x")]) == 2
+    assert not any(tmp_path.iterdir())
+
+
+class CumMax(nn.Module):
+    """A model using an operator neither ExecuTorch's edge dialect nor the ONNX exporter supports."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(28, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cummax(x, dim=-1).values.mean(dim=(1, 2)))
+
+
+@pytest.mark.parametrize("convert", [to_pte, to_onnx])
+def test_a_model_that_fails_to_export_names_the_operator(convert):
+    with pytest.raises(QDMError, match=r"failed at operator aten\.cummax") as info:
+        convert(CumMax(), "none")
+    assert "\n" not in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run, store, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("exported")
+    return {fmt: Path(export_model(trained_run, fmt, "none", root / f"m.{fmt}", data_dir=store)["path"])
+            for fmt in ("pte", "onnx")}
+
+
+def copy_artifact(src: Path, dst: Path) -> Path:
+    for a, b in zip((src, *sidecar_paths(src)), (dst, *sidecar_paths(dst)), strict=True):
+        shutil.copyfile(a, b)
+    meta_path = sidecar_paths(dst)[0]
+    meta = json.loads(meta_path.read_text())
+    meta["artifact"]["file"] = dst.name
+    meta_path.write_text(json.dumps(meta))
+    return dst
+
+
+def rewrite(path: Path, **changes) -> None:
+    """Change the artifact file and/or its metadata, keeping the recorded size and sha256 consistent."""
+    meta_path, labels_path = sidecar_paths(path)
+    meta = json.loads(meta_path.read_text())
+    if "data" in changes:
+        path.write_bytes(changes["data"])
+    if "classes" in changes:
+        meta["classes"], meta["num_classes"] = changes["classes"], len(changes["classes"])
+        meta["output"]["shape"] = ["batch", len(changes["classes"])]
+        labels_path.write_text("".join(f"{c}\n" for c in changes["classes"]))
+    if "max_batch" in changes:
+        meta["input"]["batch"]["max"] = changes["max_batch"]
+    meta["artifact"].update(bytes=path.stat().st_size, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+    meta_path.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("fmt", ["pte", "onnx"])
+def test_corrupt_or_mismatched_artifacts_are_refused(fmt, exported, tmp_path):
+    good = exported[fmt]
+    changed = copy_artifact(good, tmp_path / f"changed.{fmt}")
+    changed.write_bytes(good.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(QDMError, match="sha256 differs"):
+        load_artifact(changed)
+
+    corrupt = copy_artifact(good, tmp_path / f"corrupt.{fmt}")
+    rewrite(corrupt, data=good.read_bytes()[: len(good.read_bytes()) // 3])
+    with pytest.raises(QDMError, match="cannot load it"):
+        load_artifact(corrupt)
+
+    wrong_classes = copy_artifact(good, tmp_path / f"classes.{fmt}")
+    rewrite(wrong_classes, classes=["apple", "cat", "star", "bee"])
+    with pytest.raises(QDMError, match="gives 3 outputs per drawing, metadata says 4 classes"):
+        load_artifact(wrong_classes)
+
+    other_labels = copy_artifact(good, tmp_path / f"labels.{fmt}")
+    sidecar_paths(other_labels)[1].write_text("apple\ncat\n")
+    with pytest.raises(QDMError, match="labels differ"):
+        load_artifact(other_labels)
+
+    (tmp_path / f"alone.{fmt}").write_bytes(good.read_bytes())
+    with pytest.raises(QDMError, match=r"alone\..*\.metadata\.json: missing"):
+        load_artifact(tmp_path / f"alone.{fmt}")
+
+
+def test_pte_batch_bound_must_match_metadata(exported, tmp_path):
+    pte = copy_artifact(exported["pte"], tmp_path / "bound.pte")
+    rewrite(pte, max_batch=16)
+    with pytest.raises(QDMError, match="takes batches of up to 32, metadata says 16"):
+        load_artifact(pte)
+
+
+def test_artifact_runs_any_batch_size(exported, trained_run, store):
+    pixels, _ = run_splits(trained_run, store)["test"].materialize()
+    expected = logits_for_pixels(load_model(trained_run).model, pixels)
+    for fmt, path in exported.items():
+        artifact = load_artifact(path)
+        for n in (1, 33, 60):  # 33 and 60 exceed the .pte's batch bound of 32: run in chunks
+            np.testing.assert_allclose(artifact.run_pixels(pixels[:n]), expected[:n], atol=1e-4, err_msg=fmt)
+        with pytest.raises(QDMError, match=r"input: expected shape \(B, 1, 28, 28\)"):
+            artifact.run(np.zeros((2, 28, 28), np.float32))
+
+
+def test_failed_verification_writes_nothing(trained_run, store, tmp_path, monkeypatch):
+    """An FP32 export that disagrees with eager leaves no file under its name and keeps the earlier one."""
+    import quickdraw_mobile.export.onnx as onnx_export
+
+    out = tmp_path / "m.onnx"
+    export_model(trained_run, "onnx", "none", out, data_dir=store)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    torch.manual_seed(1)
+    other = create_model("cnn_small", 3, width=8).eval()  # untrained: its answers differ from the run's
+    real = onnx_export.to_onnx
+    monkeypatch.setattr(onnx_export, "to_onnx", lambda model, quant, calib=None: real(other, quant, calib))
+    with pytest.raises(QDMError, match=r"the FP32 export disagrees with the eager model on \d+ of 60"):
+        export_model(trained_run, "onnx", "none", out, data_dir=store)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+# ------------------------------------------------------------------------------------ predict
+
+
+@pytest.mark.parametrize("fmt", ["pte", "onnx"])
+def test_predict_runs_an_exported_model_in_its_runtime(fmt, exported, trained_run, store, tmp_path, capsys):
+    pixels, _ = run_splits(trained_run, store)["test"].materialize()
+    np.save(tmp_path / "in.npy", pixels)
+    assert qdm(["predict", "--model", str(exported[fmt]), "--input", str(tmp_path / "in.npy"),
+                "--out", str(tmp_path / "p.jsonl"), "--top-k", "2"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    eager = logits_for_pixels(load_model(trained_run).model, pixels).argmax(1)
+    assert [r["top"][0]["class"] for r in rows] == [CLASSES[i] for i in eager]
+    assert all(len(r["top"]) == 2 for r in rows)
+
+    bad = copy_artifact(exported[fmt], tmp_path / f"bad.{fmt}")
+    rewrite(bad, data=b"not a model at all")
+    assert qdm(["predict", "--model", str(bad), "--input", str(tmp_path / "in.npy"),
+                "--out", str(tmp_path / "q.jsonl")]) == 2
+    assert "cannot load it" in capsys.readouterr().err
+    assert not (tmp_path / "q.jsonl").exists()
+
+
+def test_export_cli_prints_delegation_and_verification(trained_run, store, tmp_path, capsys):
+    out = tmp_path / "m.pte"
+    assert qdm(["export", "--model", str(trained_run), "--format", "pte", "--quant", "int8", "--calib", "64",
+                "--data", str(store), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out}" in printed and "XNNPACK delegated (1 subgraph)" in printed
+    assert "not delegated (portable kernels): none" in printed
+    assert "top-1 agreement with eager" in printed and "(test split, 60 drawings)" in printed
+    assert load_artifact(out).quant == "int8"
