@@ -1,0 +1,49 @@
+"""``int4-rtn``: round-to-nearest 4-bit group-wise weights, the baseline GPTQ and AWQ must beat.
+
+Each weight goes to the nearest multiple of its group's scale (``max |w| / 7.5``), so ``|w - q s| <= s / 2``;
+no calibration data is used (``calib`` only measures the layer errors reported in the notes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .int4 import (
+    Int4Options,
+    dequantize_groups,
+    int4_layers,
+    int4_result,
+    layer_error,
+    quantize_groups,
+    rtn_scales,
+)
+from .registry import QuantizedModel, register_method
+from .stats import collect_input_stats, weight_matrix
+
+
+@dataclass(frozen=True)
+class RTNConfig(Int4Options):
+    """Round-to-nearest: only the shared 4-bit options."""
+
+
+def rtn_quantize(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q int8 (out, in) in [-8, 7], scale float32 (out, in / group)) for a weight (out, in)."""
+    scale = rtn_scales(weight, group_size)
+    return quantize_groups(weight.float(), scale, group_size), scale
+
+
+@register_method("int4-rtn", RTNConfig)
+def apply(model: nn.Module, config: RTNConfig, calib: torch.Tensor, **_) -> QuantizedModel:
+    layers, left = int4_layers(model, config)
+    stats = collect_input_stats(model, layers, calib, desc="int4-rtn: layer inputs")
+    quantized, errors = {}, {}
+    for name, layer in layers.items():
+        weight = weight_matrix(layer)
+        q, scale = rtn_quantize(weight, config.group_size)
+        quantized[name] = (q, scale)
+        errors[name] = layer_error(weight, dequantize_groups(q, scale, config.group_size), stats[name].gram,
+                                   stats[name].rows)
+    return int4_result("int4-rtn", model, config, quantized, left, {"layer_mse": errors})
