@@ -24,12 +24,13 @@ class DistContext:
 
 
 def setup() -> DistContext:
-    """Join the process group when launched by torchrun (gloo on CPU, nccl on GPU)."""
+    """Join the process group when launched by torchrun. The loop trains on the CPU, so the backend is gloo
+    (nccl only reduces CUDA tensors: choosing it because a GPU is present would fail on the first all-reduce)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistContext()
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group(backend="gloo")
     return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size())
 
 
