@@ -13,37 +13,13 @@ from quickdraw_mobile.bench.memory import peak_memory
 from quickdraw_mobile.bench.report import markdown_table
 from quickdraw_mobile.bench.runner import run_bench
 from quickdraw_mobile.cli import main as qdm
-from quickdraw_mobile.data.store import Store
 from quickdraw_mobile.errors import QDMError
 from quickdraw_mobile.export.pipeline import export_model
-from quickdraw_mobile.train import train
-from quickdraw_mobile.train.config import TrainConfig
-
-CLASSES = ["apple", "cat", "star"]
-TINY = dict(model="cnn_small", model_kwargs={"width": 8}, epochs=2, batch_size=32, max_per_class=200,
-            warmup_epochs=0.5, threads=1, seed=0)
 
 
-@pytest.fixture(scope="module")
-def store(shared_data, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("store")
-    s = Store.create(root)
-    for name in CLASSES:
-        rows = np.load(shared_data / "numpy_bitmap" / f"{name}.npy", mmap_mode="r")[:200]
-        s.add_class(name, np.ascontiguousarray(rows), source="test")
-    return root
-
-
-@pytest.fixture(scope="module")
-def run(store, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("run") / "run"
-    train(TrainConfig(**TINY), store, out, progress=False)
-    return out
-
-
-def test_bench_runs_end_to_end(run, store, tmp_path):
+def test_bench_runs_end_to_end(tiny_run, tiny_store, tmp_path):
     out = tmp_path / "bench"
-    result = run_bench([str(run)], out, data_dir=store, runs=5, warmup=1, batch=4, threads=[1], calib=64)
+    result = run_bench([str(tiny_run)], out, data_dir=tiny_store, runs=5, warmup=1, batch=4, threads=[1], calib=64)
     names = [r["name"] for r in result["results"]]
     assert names == ["PyTorch eager FP32", "ExecuTorch FP32", "ExecuTorch INT8", "ONNX Runtime FP32",
                      "ONNX Runtime INT8"]
@@ -75,9 +51,9 @@ def test_bench_runs_end_to_end(run, store, tmp_path):
         ["run_fp32.onnx", "run_fp32.pte", "run_int8.onnx", "run_int8.pte"]
 
 
-def test_bench_cli_on_files(run, store, tmp_path, capsys):
-    pte = export_model(run, "pte", "none", tmp_path / "m.pte", data_dir=store)["path"]
-    onnx = export_model(run, "onnx", "int8", tmp_path / "m.onnx", data_dir=store, calib=64)["path"]
+def test_bench_cli_on_files(tiny_run, tiny_store, tmp_path, capsys):
+    pte = export_model(tiny_run, "pte", "none", tmp_path / "m.pte", data_dir=tiny_store)["path"]
+    onnx = export_model(tiny_run, "onnx", "int8", tmp_path / "m.onnx", data_dir=tiny_store, calib=64)["path"]
     out = tmp_path / "bench"
     assert qdm(["bench", "--model", pte, onnx, "--out", str(out), "--runs", "5", "--warmup", "1",
                 "--batch", "8", "--threads", "1,2", "--no-memory"]) == 0
@@ -105,8 +81,8 @@ def test_timing_helpers_count_and_order():
     assert peak_gmacs(1, size=128, repeats=2) > 0
 
 
-def test_memory_process_reports_and_fails_clearly(run, tmp_path):
-    mem = peak_memory(str(run), batch=2, runs=2)
+def test_memory_process_reports_and_fails_clearly(tiny_run, tmp_path):
+    mem = peak_memory(str(tiny_run), batch=2, runs=2)
     assert mem["batch"] == 2 and mem["peak_rss_mb"] >= mem["after_import_rss_mb"] > 0
     with pytest.raises(QDMError, match="the memory measurement process failed"):
         peak_memory(str(tmp_path / "missing.onnx"))

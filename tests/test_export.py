@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SMALL_MODEL_OPTIONS, TINY_CLASSES
 from torch import nn
 
 from quickdraw_mobile.cli import main as qdm
 from quickdraw_mobile.data.loader import normalize
 from quickdraw_mobile.data.render import RENDERER_VERSION
-from quickdraw_mobile.data.store import Store
 from quickdraw_mobile.errors import QDMError
 from quickdraw_mobile.export import load_artifact, normalize_pixels, read_metadata, sidecar_paths
 from quickdraw_mobile.export.calibration import (
@@ -32,48 +32,18 @@ from quickdraw_mobile.inference import logits_for_pixels
 from quickdraw_mobile.modelref import default_model_dir, load_model
 from quickdraw_mobile.models import create_model, list_models
 from quickdraw_mobile.train import checkpoint as ckpt
-from quickdraw_mobile.train import train
 from quickdraw_mobile.train.config import TrainConfig
-
-CLASSES = ["apple", "cat", "star"]
-# Small configurations of every registered model (as in test_models.py); others at their defaults.
-SMALL = {
-    "cnn": dict(width=8, blocks=(1, 1)),
-    "cnn_small": dict(width=8),
-    "sketchcnn": dict(width=8, hidden=32),
-    "vit_tiny": dict(embed_dim=48, depth=2, num_heads=3),
-    "vit_tiny_224": dict(depth=1),
-}
-TINY = dict(model="cnn_small", model_kwargs={"width": 8}, epochs=3, batch_size=32, max_per_class=200,
-            warmup_epochs=0.5, threads=1, seed=0)
-
-
-@pytest.fixture(scope="module")
-def store(shared_data, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("store")
-    s = Store.create(root)
-    for name in CLASSES:
-        rows = np.load(shared_data / "numpy_bitmap" / f"{name}.npy", mmap_mode="r")[:200]
-        s.add_class(name, np.ascontiguousarray(rows), source="test")
-    return root
-
-
-@pytest.fixture(scope="module")
-def trained_run(store, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("trained") / "run"
-    train(TrainConfig(**TINY), store, out, progress=False)
-    return out
 
 
 def random_run(root: Path, name: str) -> Path:
     """A run folder holding model ``name`` (small configuration) with seeded random weights."""
     torch.manual_seed(0)
-    options = SMALL.get(name, {})
-    model = create_model(name, len(CLASSES), **options)
+    options = SMALL_MODEL_OPTIONS.get(name, {})
+    model = create_model(name, len(TINY_CLASSES), **options)
     root.mkdir(parents=True)
     cfg = TrainConfig(model=name, model_kwargs=options, max_per_class=200)
     write_text_atomic(root / ckpt.CONFIG, cfg.to_yaml())
-    ckpt.write_labels(root / ckpt.LABELS, CLASSES)
+    ckpt.write_labels(root / ckpt.LABELS, TINY_CLASSES)
     ckpt.save_weights(root / ckpt.WEIGHTS, model.state_dict())
     return root
 
@@ -87,27 +57,27 @@ SLOW_EXPORTS = {("mobilevit", "pte")}  # about a minute: 49 XNNPACK subgraphs to
 @pytest.mark.parametrize(("name", "fmt"), [
     pytest.param(n, f, marks=pytest.mark.slow) if (n, f) in SLOW_EXPORTS else (n, f)
     for n in list_models() for f in ("pte", "onnx")])
-def test_every_model_exports_fp32_and_runs(name, fmt, store, tmp_path):
+def test_every_model_exports_fp32_and_runs(name, fmt, tiny_store, tmp_path):
     run = random_run(tmp_path / "run", name)
     out = tmp_path / f"{name}.{fmt}"
-    meta = export_model(run, fmt, "none", out, data_dir=store)
+    meta = export_model(run, fmt, "none", out, data_dir=tiny_store)
     assert meta["verification"]["top1_agreement"] == 1.0
     assert meta["verification"]["drawings"] == 60  # the run's test split: 10% of 3 x 200
 
     artifact = load_artifact(out)
-    pixels, _ = run_splits(run, store)["test"].materialize()
+    pixels, _ = run_splits(run, tiny_store)["test"].materialize()
     expected = logits_for_pixels(load_model(run).model, pixels)
     np.testing.assert_allclose(artifact.run_pixels(pixels), expected, atol=1e-3, rtol=1e-3)
-    assert artifact.labels == CLASSES and artifact.runtime == {"pte": "executorch", "onnx": "onnxruntime"}[fmt]
+    assert artifact.labels == TINY_CLASSES and artifact.runtime == {"pte": "executorch", "onnx": "onnxruntime"}[fmt]
 
 
 # ------------------------------------------------------------------------------------ INT8
 
 
 @pytest.mark.parametrize("fmt", ["pte", "onnx"])
-def test_trained_model_int8_export_agrees_and_is_smaller(fmt, trained_run, store, tmp_path):
-    fp32 = export_model(trained_run, fmt, "none", tmp_path / f"fp32.{fmt}", data_dir=store)
-    int8 = export_model(trained_run, fmt, "int8", tmp_path / f"int8.{fmt}", data_dir=store, calib=256)
+def test_trained_model_int8_export_agrees_and_is_smaller(fmt, tiny_run, tiny_store, tmp_path):
+    fp32 = export_model(tiny_run, fmt, "none", tmp_path / f"fp32.{fmt}", data_dir=tiny_store)
+    int8 = export_model(tiny_run, fmt, "int8", tmp_path / f"int8.{fmt}", data_dir=tiny_store, calib=256)
     assert int8["artifact"]["bytes"] < 0.6 * fp32["artifact"]["bytes"]
     check = int8["verification"]
     assert check["top1_agreement"] >= 0.9 and check["drawings"] == 60
@@ -138,13 +108,13 @@ def test_default_model_int8_agrees_with_eager_on_the_bundled_sample(fmt, tmp_pat
 # ------------------------------------------------------------------------------------ metadata and labels
 
 
-def test_metadata_and_labels_state_the_contract(trained_run, store, tmp_path):
+def test_metadata_and_labels_state_the_contract(tiny_run, tiny_store, tmp_path):
     out = tmp_path / "model.onnx"
-    export_model(trained_run, "onnx", "none", out, data_dir=store)
+    export_model(tiny_run, "onnx", "none", out, data_dir=tiny_store)
     meta_path, labels_path = sidecar_paths(out)
     assert meta_path.name == "model.onnx.metadata.json" and labels_path.name == "model.onnx.labels.txt"
     meta = json.loads(meta_path.read_text())
-    assert labels_path.read_text().splitlines() == CLASSES == meta["classes"]
+    assert labels_path.read_text().splitlines() == TINY_CLASSES == meta["classes"]
     assert meta["num_classes"] == 3 and meta["output"]["shape"] == ["batch", 3]
     assert meta["artifact"]["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
     assert meta["artifact"]["bytes"] == out.stat().st_size
@@ -158,7 +128,7 @@ def test_metadata_and_labels_state_the_contract(trained_run, store, tmp_path):
     stated = (levels / 255.0 - contract["mean"]) / contract["std"]
     np.testing.assert_allclose(normalize(levels).reshape(-1).numpy(), stated.reshape(-1), atol=1e-6)
     assert meta["model"]["name"] == "cnn_small" and meta["model"]["macs"] > 0
-    assert read_metadata(out)[1] == CLASSES
+    assert read_metadata(out)[1] == TINY_CLASSES
 
 
 def test_numpy_normalization_is_bit_identical_to_the_training_one():
@@ -170,22 +140,22 @@ def test_numpy_normalization_is_bit_identical_to_the_training_one():
 # ------------------------------------------------------------------------------------ calibration data
 
 
-def test_calibration_is_class_balanced_from_the_training_split(trained_run, store):
-    calib = calibration_set(trained_run, store, n=90, seed=0)
+def test_calibration_is_class_balanced_from_the_training_split(tiny_run, tiny_store):
+    calib = calibration_set(tiny_run, tiny_store, n=90, seed=0)
     assert np.bincount(calib.labels).tolist() == [30, 30, 30]
-    splits = run_splits(trained_run, store)
+    splits = run_splits(tiny_run, tiny_store)
     test_rows = {r.tobytes() for r in splits["test"].materialize()[0]}
     assert not any(r.tobytes() in test_rows for r in calib.pixels)
-    assert np.array_equal(calib.pixels, calibration_set(trained_run, store, n=90, seed=0).pixels)
-    assert not np.array_equal(calib.pixels, calibration_set(trained_run, store, n=90, seed=1).pixels)
+    assert np.array_equal(calib.pixels, calibration_set(tiny_run, tiny_store, n=90, seed=0).pixels)
+    assert not np.array_equal(calib.pixels, calibration_set(tiny_run, tiny_store, n=90, seed=1).pixels)
 
 
-def test_bundled_samples_are_used_without_data(trained_run, store, tmp_path):
+def test_bundled_samples_are_used_without_data(tiny_run, tiny_store, tmp_path):
     run = tmp_path / "run"
-    shutil.copytree(trained_run, run)
+    shutil.copytree(tiny_run, run)
     with pytest.raises(QDMError, match="--data: required"):
         calibration_set(run)
-    splits = run_splits(run, store)
+    splits = run_splits(run, tiny_store)
     for name, split in (("calibration.npz", "train"), ("sample.npz", "test")):
         pixels, labels = splits[split].materialize()
         np.savez_compressed(run / name, pixels=pixels, labels=labels)
@@ -207,16 +177,16 @@ def test_balanced_subset_round_robins_over_classes():
 # ------------------------------------------------------------------------------------ bad input
 
 
-def test_unknown_format_quant_and_suffix(trained_run, tmp_path):
+def test_unknown_format_quant_and_suffix(tiny_run, tmp_path):
     with pytest.raises(QDMError, match=r"--format: expected one of pte, onnx, got 'tflite'"):
-        export_model(trained_run, "tflite", "none", tmp_path / "m.tflite")
+        export_model(tiny_run, "tflite", "none", tmp_path / "m.tflite")
     with pytest.raises(QDMError, match=r"--quant: expected one of none, int8, got 'int4'"):
-        export_model(trained_run, "pte", "int4", tmp_path / "m.pte")
+        export_model(tiny_run, "pte", "int4", tmp_path / "m.pte")
     with pytest.raises(QDMError, match=r"--out: expected a file name ending in \.onnx"):
-        export_model(trained_run, "onnx", "none", tmp_path / "m.pte")
+        export_model(tiny_run, "onnx", "none", tmp_path / "m.pte")
     with pytest.raises(QDMError, match="--data: required"):
-        export_model(trained_run, "onnx", "none", tmp_path / "m.onnx")
-    assert qdm(["export", "--model", str(trained_run), "--format", "tflite", "--out", str(tmp_path / "x")]) == 2
+        export_model(tiny_run, "onnx", "none", tmp_path / "m.onnx")
+    assert qdm(["export", "--model", str(tiny_run), "--format", "tflite", "--out", str(tmp_path / "x")]) == 2
     assert not any(tmp_path.iterdir())
 
 
@@ -239,9 +209,9 @@ def test_a_model_that_fails_to_export_names_the_operator(convert):
 
 
 @pytest.fixture(scope="module")
-def exported(trained_run, store, tmp_path_factory) -> dict[str, Path]:
+def exported(tiny_run, tiny_store, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("exported")
-    return {fmt: Path(export_model(trained_run, fmt, "none", root / f"m.{fmt}", data_dir=store)["path"])
+    return {fmt: Path(export_model(tiny_run, fmt, "none", root / f"m.{fmt}", data_dir=tiny_store)["path"])
             for fmt in ("pte", "onnx")}
 
 
@@ -306,9 +276,9 @@ def test_pte_batch_bound_must_match_metadata(exported, tmp_path):
         load_artifact(pte)
 
 
-def test_artifact_runs_any_batch_size(exported, trained_run, store):
-    pixels, _ = run_splits(trained_run, store)["test"].materialize()
-    expected = logits_for_pixels(load_model(trained_run).model, pixels)
+def test_artifact_runs_any_batch_size(exported, tiny_run, tiny_store):
+    pixels, _ = run_splits(tiny_run, tiny_store)["test"].materialize()
+    expected = logits_for_pixels(load_model(tiny_run).model, pixels)
     for fmt, path in exported.items():
         artifact = load_artifact(path)
         for n in (1, 33, 60):  # 33 and 60 exceed the .pte's batch bound of 32: run in chunks
@@ -317,19 +287,19 @@ def test_artifact_runs_any_batch_size(exported, trained_run, store):
             artifact.run(np.zeros((2, 28, 28), np.float32))
 
 
-def test_failed_verification_writes_nothing(trained_run, store, tmp_path, monkeypatch):
+def test_failed_verification_writes_nothing(tiny_run, tiny_store, tmp_path, monkeypatch):
     """An FP32 export that disagrees with eager leaves no file under its name and keeps the earlier one."""
     import quickdraw_mobile.export.onnx as onnx_export
 
     out = tmp_path / "m.onnx"
-    export_model(trained_run, "onnx", "none", out, data_dir=store)
+    export_model(tiny_run, "onnx", "none", out, data_dir=tiny_store)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     torch.manual_seed(1)
     other = create_model("cnn_small", 3, width=8).eval()  # untrained: its answers differ from the run's
     real = onnx_export.to_onnx
     monkeypatch.setattr(onnx_export, "to_onnx", lambda model, quant, calib=None: real(other, quant, calib))
     with pytest.raises(QDMError, match=r"the FP32 export disagrees with the eager model on \d+ of 60"):
-        export_model(trained_run, "onnx", "none", out, data_dir=store)
+        export_model(tiny_run, "onnx", "none", out, data_dir=tiny_store)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
@@ -337,14 +307,14 @@ def test_failed_verification_writes_nothing(trained_run, store, tmp_path, monkey
 
 
 @pytest.mark.parametrize("fmt", ["pte", "onnx"])
-def test_predict_runs_an_exported_model_in_its_runtime(fmt, exported, trained_run, store, tmp_path, capsys):
-    pixels, _ = run_splits(trained_run, store)["test"].materialize()
+def test_predict_runs_an_exported_model_in_its_runtime(fmt, exported, tiny_run, tiny_store, tmp_path, capsys):
+    pixels, _ = run_splits(tiny_run, tiny_store)["test"].materialize()
     np.save(tmp_path / "in.npy", pixels)
     assert qdm(["predict", "--model", str(exported[fmt]), "--input", str(tmp_path / "in.npy"),
                 "--out", str(tmp_path / "p.jsonl"), "--top-k", "2"]) == 0
     rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
-    eager = logits_for_pixels(load_model(trained_run).model, pixels).argmax(1)
-    assert [r["top"][0]["class"] for r in rows] == [CLASSES[i] for i in eager]
+    eager = logits_for_pixels(load_model(tiny_run).model, pixels).argmax(1)
+    assert [r["top"][0]["class"] for r in rows] == [TINY_CLASSES[i] for i in eager]
     assert all(len(r["top"]) == 2 for r in rows)
 
     bad = copy_artifact(exported[fmt], tmp_path / f"bad.{fmt}")
@@ -355,10 +325,10 @@ def test_predict_runs_an_exported_model_in_its_runtime(fmt, exported, trained_ru
     assert not (tmp_path / "q.jsonl").exists()
 
 
-def test_export_cli_prints_delegation_and_verification(trained_run, store, tmp_path, capsys):
+def test_export_cli_prints_delegation_and_verification(tiny_run, tiny_store, tmp_path, capsys):
     out = tmp_path / "m.pte"
-    assert qdm(["export", "--model", str(trained_run), "--format", "pte", "--quant", "int8", "--calib", "64",
-                "--data", str(store), "--out", str(out)]) == 0
+    assert qdm(["export", "--model", str(tiny_run), "--format", "pte", "--quant", "int8", "--calib", "64",
+                "--data", str(tiny_store), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert f"wrote {out}" in printed and "XNNPACK delegated (1 subgraph)" in printed
     assert "not delegated (portable kernels): none" in printed

@@ -6,6 +6,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from conftest import SMALL_MODEL_OPTIONS
 from torch import nn
 
 from quickdraw_mobile.errors import QDMError
@@ -23,19 +24,9 @@ from quickdraw_mobile.models.registry import register_model
 REQUIRED = {"cnn", "sketchcnn", "vit_tiny", "vit_tiny_224", "mobilevit", "mobilenetv3"}
 NUM_CLASSES = 52
 
-# Small configurations keep the suite fast; a model not listed here is tested at its default configuration.
-SMALL = {
-    "cnn": dict(width=8, blocks=(1, 1)),
-    "cnn_small": dict(width=8),
-    "sketchcnn": dict(width=8, hidden=32),
-    "vit_tiny": dict(embed_dim=48, depth=2, num_heads=3),
-    "vit_tiny_224": dict(depth=1),
-}
-
-
 def small_model(name: str) -> nn.Module:
     torch.manual_seed(0)
-    return create_model(name, NUM_CLASSES, **SMALL.get(name, {}))
+    return create_model(name, NUM_CLASSES, **SMALL_MODEL_OPTIONS.get(name, {}))
 
 
 def drawing_batch(n: int) -> torch.Tensor:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import string
 from collections import Counter
 
@@ -23,9 +22,7 @@ from PIL import Image, ImageDraw
 
 from quickdraw_mobile.cli import main
 from quickdraw_mobile.data.render import render_strokes
-from quickdraw_mobile.errors import QDMError
 from quickdraw_mobile.inference import logits_for_pixels
-from quickdraw_mobile.modelref import load_model
 from quickdraw_mobile.serve import create_app
 from quickdraw_mobile.serve.preprocess import (
     MAX_BODY_BYTES,
@@ -35,41 +32,32 @@ from quickdraw_mobile.serve.preprocess import (
     MAX_STROKES,
 )
 
-MODEL = os.environ.get("QDM_TEST_MODEL", "default")
 CONFIDENT_MARGIN = 0.2  # top-1 minus top-2 probability on the official bitmap
 
 
 @pytest.fixture(scope="module")
-def loaded():
-    try:
-        return load_model(MODEL)
-    except QDMError as exc:
-        pytest.skip(f"no model to serve: {exc}")
+def client(served_model):
+    return TestClient(create_app(served_model))
+
+
+def _probs(served_model, pixels: np.ndarray) -> np.ndarray:
+    return torch.softmax(torch.from_numpy(logits_for_pixels(served_model.model, pixels)), dim=1).numpy()
 
 
 @pytest.fixture(scope="module")
-def client(loaded):
-    return TestClient(create_app(loaded))
-
-
-def _probs(loaded, pixels: np.ndarray) -> np.ndarray:
-    return torch.softmax(torch.from_numpy(logits_for_pixels(loaded.model, pixels)), dim=1).numpy()
-
-
-@pytest.fixture(scope="module")
-def real(shared_data, loaded):
+def real(shared_data, served_model):
     """Official pairs of the model's classes: word, simplified strokes, raw strokes (same key_id), and
     whether the model gets the official bitmap right with a clear margin."""
     pairs = np.load(shared_data / "render_pairs.npz")
-    rows = [i for i, w in enumerate(pairs["word"]) if str(w) in loaded.labels]
+    rows = [i for i, w in enumerate(pairs["word"]) if str(w) in served_model.labels]
     raw = {}
     for word in {str(pairs["word"][i]) for i in rows}:
         for line in (shared_data / "raw" / f"{word}.ndjson").read_text().splitlines():
             record = json.loads(line)
             raw[str(record["key_id"])] = record["drawing"]
-    probs = _probs(loaded, pairs["bitmap"][rows])
+    probs = _probs(served_model, pairs["bitmap"][rows])
     ordered = np.sort(probs, axis=1)
-    labels = np.array([loaded.labels.index(str(pairs["word"][i])) for i in rows])
+    labels = np.array([served_model.labels.index(str(pairs["word"][i])) for i in rows])
     confident = (probs.argmax(1) == labels) & (ordered[:, -1] - ordered[:, -2] >= CONFIDENT_MARGIN)
     return [{"word": str(pairs["word"][i]), "drawing": json.loads(str(pairs["drawing"][i])),
              "raw": raw.get(str(pairs["key_id"][i])), "confident": bool(c)} for i, c in zip(rows, confident, strict=True)]
@@ -97,7 +85,7 @@ def test_strokes_give_the_right_class(client, real):
     assert len(wrong_raw) <= 0.01 * len(with_raw)
 
 
-def test_answer_is_the_model_on_the_training_renderer(client, loaded, real):
+def test_answer_is_the_model_on_the_training_renderer(client, served_model, real):
     """Probabilities and bitmap are exactly those of render_strokes + the eager model."""
     for record in real[:12]:
         for drawing, fmt in ((record["drawing"], "simplified"), (record["raw"], "raw")):
@@ -107,9 +95,9 @@ def test_answer_is_the_model_on_the_training_renderer(client, loaded, real):
                                                    "return_bitmap": True}).json()
             pixels = render_strokes(drawing, fmt)
             assert np.array_equal(np.array(answer["bitmap"], dtype=np.uint8).reshape(-1), pixels)
-            probs = _probs(loaded, pixels[None])[0]
+            probs = _probs(served_model, pixels[None])[0]
             best = np.argsort(-probs, kind="stable")[:3]
-            assert [t["class"] for t in answer["top"]] == [loaded.labels[j] for j in best]
+            assert [t["class"] for t in answer["top"]] == [served_model.labels[j] for j in best]
             assert [t["prob"] for t in answer["top"]] == pytest.approx(probs[best].tolist(), abs=1e-6)
 
 
@@ -157,11 +145,11 @@ def test_png_of_a_drawing_gives_nearly_its_stroke_bitmap(client, real):
 
 
 # ------------------------------------------------------------------------------------------- endpoints
-def test_info_endpoints(client, loaded):
+def test_info_endpoints(client, served_model):
     assert client.get("/health").json() == {"status": "ok"}
-    assert client.get("/classes").json() == {"classes": loaded.labels}
+    assert client.get("/classes").json() == {"classes": served_model.labels}
     info = client.get("/model").json()
-    assert info["classes"] == len(loaded.labels) and info["params"] > 0
+    assert info["classes"] == len(served_model.labels) and info["params"] > 0
     assert info["limits"]["strokes"] == MAX_STROKES
     assert "/predict" in client.get("/openapi.json").json()["paths"]
     page = client.get("/")

@@ -21,9 +21,7 @@ import pytest
 import torch
 
 from quickdraw_mobile.data.render import render_strokes
-from quickdraw_mobile.errors import QDMError
 from quickdraw_mobile.inference import logits_for_pixels
-from quickdraw_mobile.modelref import load_model
 from quickdraw_mobile.serve import browser_model_for, create_app
 from quickdraw_mobile.serve.app import STATIC
 
@@ -42,15 +40,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not 
 
 # ---------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def loaded():
-    try:
-        return load_model(MODEL)
-    except QDMError as exc:
-        pytest.skip(f"no model to serve: {exc}")
-
-
-@pytest.fixture(scope="module")
-def browser_model(loaded, tmp_path_factory) -> Path:
+def browser_model(served_model, tmp_path_factory) -> Path:
     """The served model exported to INT8 ONNX by the export package, as 'qdm serve' does on its first start."""
     if not all((STATIC / "vendor" / name).is_file() for name in VENDOR_FILES):
         if shutil.which("npm") is None:
@@ -62,14 +52,14 @@ def browser_model(loaded, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(loaded, browser_model):
+def server(served_model, browser_model):
     """The app served by uvicorn on a free loopback port, in a thread of this process."""
     import uvicorn
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    config = uvicorn.Config(create_app(loaded, browser_model=browser_model), host="127.0.0.1", port=port,
+    config = uvicorn.Config(create_app(served_model, browser_model=browser_model), host="127.0.0.1", port=port,
                             log_level="warning")
     uvicorn_server = uvicorn.Server(config)
     thread = threading.Thread(target=uvicorn_server.run, daemon=True)
@@ -92,9 +82,9 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def drawing(shared_data, loaded):
+def drawing(shared_data, served_model):
     """A real drawing from simplified/ that the model recognises with a clear margin: (word, strokes)."""
-    for word in loaded.labels:
+    for word in served_model.labels:
         path = shared_data / "simplified" / f"{word}.ndjson"
         if not path.is_file():
             continue
@@ -102,10 +92,10 @@ def drawing(shared_data, loaded):
             strokes = json.loads(line)["drawing"]
             if sum(len(s[0]) for s in strokes) > 60:
                 continue  # keep the replay short
-            logits = logits_for_pixels(loaded.model, render_strokes(strokes)[None])
+            logits = logits_for_pixels(served_model.model, render_strokes(strokes)[None])
             probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()[0]
             first, second = np.sort(probs)[::-1][:2]
-            if loaded.labels[int(probs.argmax())] == word and first - second > 0.5:
+            if served_model.labels[int(probs.argmax())] == word and first - second > 0.5:
                 return word, strokes
     pytest.skip("no real drawing the model recognises clearly")
 
