@@ -298,7 +298,7 @@ def _add_run_parser(verbs: argparse._SubParsersAction) -> None:
         "quantize (every method) -> export (FP32 and INT8 .pte and .onnx, each verified in its runtime) -> bench "
         "-> report (report.md, report.json). Stages are cached: a re-run redoes only the stages whose config "
         "section or inputs changed, and an interrupted training stage resumes. Default config: the embedded real "
-        "subset, about 15 minutes on 2 CPU cores (configs/default.yaml; configs/shared52.yaml and "
+        "subset, within 15 minutes on 2 CPU cores (configs/default.yaml; configs/shared52.yaml and "
         "configs/seed344.yaml are larger recipes).",
     )
     p.add_argument("--config", default=None, help="pipeline YAML (default: the packaged configs/default.yaml)")

@@ -1,8 +1,11 @@
 """``qdm run``: the whole pipeline on one config, composed of the same stage functions the CLI exposes.
 
-Each stage's inputs (its config section and the keys of the stages it reads) are hashed into a key stored in
-``<run>/pipeline.json``; a re-run skips every stage whose key and outputs are unchanged, and redoes a stage
-(and everything downstream of it) when its inputs changed.
+data -> train -> evaluate (test split) -> quantize (every method) -> export (FP32 and INT8 .pte and .onnx, each
+verified in its runtime) -> bench -> report. Each stage's inputs (its config sections and the keys of the stages
+it reads) are hashed into a key stored in ``<run>/pipeline.json``; a re-run skips every stage whose key is
+unchanged and finished, and redoes a stage (and the stages that read it) when its inputs changed.
+
+Every section is checked when the config is loaded, so a misspelled bench option fails before training starts.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import yaml
 from .errors import QDMError
 from .fileio import write_json_atomic
 
-SECTIONS = ("data", "train", "evaluate", "report")
+SECTIONS = ("data", "train", "evaluate", "quantize", "export", "bench", "report")
 CONFIGS = Path(__file__).resolve().parent / "configs"  # also reachable as configs/ at the repository root
 DEFAULT_CONFIG = CONFIGS / "default.yaml"
 
@@ -35,6 +38,7 @@ class Context:
 
 
 def load_pipeline_config(path: str | Path) -> dict:
+    """The config at ``path`` with every section present and checked (options, their types and ranges)."""
     path = Path(path)
     try:
         config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -49,19 +53,137 @@ def load_pipeline_config(path: str | Path) -> dict:
         raise QDMError(f"{path}: unknown section(s) {', '.join(unknown)}; expected {', '.join(SECTIONS)}")
     for name in SECTIONS:
         section = config.setdefault(name, {})
+        if section is None:  # `bench:` with nothing under it
+            section = config[name] = {}
         if not isinstance(section, dict):
             raise QDMError(f"{path}: section {name!r} must be a mapping")
+    try:
+        _train_config(config)
+        for parse in (_data_options, _evaluate_options, _quantize_options, _export_options, _bench_options,
+                      _report_options):
+            parse(config)
+    except QDMError as exc:
+        raise QDMError(f"{path}: {exc}") from exc
     return config
 
 
+# ---------------------------------------------------------------------------------------------- options
+def _section(config: dict, name: str, allowed: tuple[str, ...]) -> dict:
+    """A copy of section ``name``; an option outside ``allowed`` is an error (never silently ignored)."""
+    values = dict(config[name])
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        raise QDMError(f"{name}: unknown option(s) {', '.join(unknown)}; expected {', '.join(allowed) or 'none'}")
+    return values
+
+
+def _count(values: dict, where: str, keys: tuple[str, ...], minimum: int = 1) -> None:
+    """Options ``keys``, where given, must be integers of at least ``minimum`` (YAML's true is not one)."""
+    for key in keys:
+        value = values.get(key, minimum)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise QDMError(f"{where}.{key}: expected an integer >= {minimum}, got {value!r}")
+
+
+def _flag(values: dict, where: str, key: str) -> None:
+    if key in values and not isinstance(values[key], bool):
+        raise QDMError(f"{where}.{key}: expected true or false, got {values[key]!r}")
+
+
+def _train_config(config: dict):
+    from .train.config import from_dict
+
+    return from_dict(config["train"], "train")
+
+
+def _data_options(config: dict) -> dict:
+    values = {"source": "embedded", **_section(config, "data", ("source",))}
+    if not isinstance(values["source"], str) or not values["source"]:
+        raise QDMError(f"data.source: expected 'embedded' or a folder, got {values['source']!r}")
+    return values
+
+
+def _evaluate_options(config: dict) -> dict:
+    values = {"split": "test", **_section(config, "evaluate", ("split",))}
+    if values["split"] not in ("test", "val", "train"):
+        raise QDMError(f"evaluate.split: expected test, val or train, got {values['split']!r}")
+    return values
+
+
+def _quantize_options(config: dict) -> dict:
+    """Keyword arguments of ``quant.compare.compare``; options left out keep that function's defaults."""
+    from .quant import make_config, parse_methods
+
+    values = _section(config, "quantize", ("methods", "calib", "seed", "threads", "runs", "memory", "options"))
+    methods = values.pop("methods", "all")
+    if isinstance(methods, list):
+        methods = ",".join(str(m) for m in methods)
+    if not isinstance(methods, str):
+        raise QDMError(f"quantize.methods: expected 'all' or a list of methods, got {methods!r}")
+    try:
+        values["methods"] = parse_methods(methods)
+    except QDMError as exc:
+        raise QDMError(f"quantize.methods: {exc}") from exc
+    _count(values, "quantize", ("calib", "threads", "runs"))
+    _count(values, "quantize", ("seed",), minimum=0)
+    _flag(values, "quantize", "memory")
+    options = values.get("options") or {}
+    if not isinstance(options, dict) or any(not isinstance(v, dict) for v in options.values()):
+        raise QDMError("quantize.options: expected a mapping of method: {option: value}, e.g. int8-qat: {steps: 200}")
+    resolved = {}
+    for method, given in options.items():
+        if method not in values["methods"]:
+            raise QDMError(f"quantize.options: options given for {method!r}, which is not among quantize.methods")
+        # YAML lists become tuples: the method configs are frozen dataclasses with tuple fields
+        given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}
+        try:
+            make_config(method, **given)
+        except QDMError as exc:
+            raise QDMError(f"quantize.options.{method}: {exc}") from exc
+        resolved[method] = given
+    values["options"] = resolved
+    return values
+
+
+def _export_options(config: dict) -> dict:
+    """Keyword arguments of ``export.pipeline.export_model`` (calibration of the INT8 exports)."""
+    values = _section(config, "export", ("calib", "seed"))
+    _count(values, "export", ("calib",))
+    _count(values, "export", ("seed",), minimum=0)
+    return values
+
+
+def _bench_options(config: dict) -> dict:
+    """Keyword arguments of ``bench.runner.run_bench``; options left out keep that function's defaults."""
+    values = _section(config, "bench", ("runs", "warmup", "batch", "threads", "memory"))
+    _count(values, "bench", ("runs", "batch"))
+    _count(values, "bench", ("warmup",), minimum=0)
+    _flag(values, "bench", "memory")
+    threads = values.get("threads")  # absent or null: 1 and all cores
+    counts = isinstance(threads, list) and threads and \
+        all(isinstance(t, int) and not isinstance(t, bool) and t >= 1 for t in threads)
+    if threads is not None and not counts:
+        raise QDMError(f"bench.threads: expected a list of positive thread counts, e.g. [1, 2], got {threads!r}")
+    return values
+
+
+def _report_options(config: dict) -> dict:
+    return _section(config, "report", ())
+
+
 # ---------------------------------------------------------------------------------------------- stages
+def _fresh_dir(path: Path) -> Path:
+    """An empty ``path``: a stage that runs again must not leave files of its previous inputs behind."""
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
 def stage_data(ctx: Context) -> dict:
     from .data.store import SplitSpec, Store
 
-    section = dict(ctx.config["data"])
-    source = section.pop("source", "embedded")
-    if section:
-        raise QDMError(f"data: unknown option(s) {', '.join(sorted(section))}; expected source")
+    source = _data_options(ctx.config)["source"]
     if source == "embedded":
         from .data.embedded import embedded_store
 
@@ -73,19 +195,13 @@ def stage_data(ctx: Context) -> dict:
 
         store_dir = ingest(Path(source), ctx.out / "data").root
     store = Store.open(store_dir)
-    train_cfg = _train_config(ctx)
+    train_cfg = _train_config(ctx.config)
     spec = SplitSpec(train_cfg.val_fraction, train_cfg.test_fraction, train_cfg.split_seed, train_cfg.max_per_class)
     splits = store.splits(spec, train_cfg.classes)
     return {"store": str(store_dir), "source": source, "classes": splits["train"].classes,
             "drawings": sum(store.counts[c] for c in splits["train"].classes),
             "split": {name: len(split) for name, split in splits.items()},
             "sources": sorted({e["source"] for e in store.entries})}
-
-
-def _train_config(ctx: Context):
-    from .train.config import from_dict
-
-    return from_dict(ctx.config["train"], "train")
 
 
 def stage_train(ctx: Context) -> dict:
@@ -95,7 +211,7 @@ def stage_train(ctx: Context) -> dict:
     resume = ctx.resuming and (run_dir / "checkpoints" / "last.pt").exists()
     if run_dir.exists() and not resume:  # stale: this stage's inputs changed since it ran
         shutil.rmtree(run_dir)
-    summary = train(_train_config(ctx) if not resume else None, ctx.results["data"]["store"], run_dir,
+    summary = train(_train_config(ctx.config) if not resume else None, ctx.results["data"]["store"], run_dir,
                     resume=resume, progress=ctx.progress)
     return {"run": str(run_dir), **summary}
 
@@ -103,14 +219,58 @@ def stage_train(ctx: Context) -> dict:
 def stage_evaluate(ctx: Context) -> dict:
     from .evaluate.runner import evaluate
 
-    section = dict(ctx.config["evaluate"])
-    split = section.pop("split", "test")
-    if section:
-        raise QDMError(f"evaluate: unknown option(s) {', '.join(sorted(section))}; expected split")
+    split = _evaluate_options(ctx.config)["split"]
     out = ctx.out / "eval"
     metrics = evaluate(ctx.results["train"]["run"], ctx.results["data"]["store"], out, split=split)
     keep = ("split", "n", "top1", "top5", "map3", "macro_precision", "macro_recall", "macro_f1")
     return {"dir": str(out), **{k: metrics[k] for k in keep}}
+
+
+def stage_quantize(ctx: Context) -> dict:
+    from .quant.compare import compare
+
+    options = _quantize_options(ctx.config)
+    out = _fresh_dir(ctx.out / "quantize")
+    compare(ctx.results["train"]["run"], options.pop("methods"), out, data_dir=ctx.results["data"]["store"],
+            **options)
+    return {"dir": str(out), "comparison": str(out / "comparison.json"), "markdown": str(out / "comparison.md"),
+            "plots": [str(out / "accuracy_vs_size.png"), str(out / "accuracy_vs_latency.png")],
+            # the file's rows, not compare()'s return value: method notes are made JSON-safe there
+            "rows": json.loads((out / "comparison.json").read_text(encoding="utf-8"))}
+
+
+def stage_export(ctx: Context) -> dict:
+    from .bench.runner import EXPORTS
+    from .export.metadata import sidecar_paths
+    from .export.pipeline import export_model
+
+    options = _export_options(ctx.config)
+    out = _fresh_dir(ctx.out / "export")
+    artifacts = []
+    for fmt, quant in EXPORTS:  # FP32 and INT8 .pte and .onnx, the four files bench compares
+        path = out / f"{ctx.results['train']['model']}_{'int8' if quant == 'int8' else 'fp32'}.{fmt}"
+        meta = export_model(ctx.results["train"]["run"], fmt, quant, path, data_dir=ctx.results["data"]["store"],
+                            **options)  # verified in its runtime against eager before it is written
+        export = meta["export"]
+        artifacts.append({"path": meta["path"], "metadata": str(sidecar_paths(path)[0]),
+                          "format": fmt, **meta["artifact"], "verification": meta["verification"],
+                          "lowering": meta["lowering"],
+                          "ops": {k: export[k] for k in ("delegated_ops", "not_delegated_ops", "ops", "provider",
+                                                         "backend") if k in export},
+                          "calibration": export["calibration"]})
+    return {"dir": str(out), "artifacts": artifacts}
+
+
+def stage_bench(ctx: Context) -> dict:
+    from .bench.report import write_report
+    from .bench.runner import run_bench
+
+    out = _fresh_dir(ctx.out / "bench")
+    # eager from the run folder plus the files the export stage wrote and verified: nothing is exported twice
+    refs = [ctx.results["train"]["run"], *(a["path"] for a in ctx.results["export"]["artifacts"])]
+    result = run_bench(refs, out, data_dir=ctx.results["data"]["store"], export=False, **_bench_options(ctx.config))
+    paths = write_report(result, out)
+    return {"dir": str(out), **{k: str(v) for k, v in paths.items()}, **result}
 
 
 def stage_report(ctx: Context) -> dict:
@@ -125,8 +285,20 @@ STAGES: list[tuple[str, Callable[[Context], dict], tuple[str, ...], tuple[str, .
     ("data", stage_data, (), ("data", "train")),
     ("train", stage_train, ("data",), ("train",)),
     ("evaluate", stage_evaluate, ("train",), ("evaluate",)),
-    ("report", stage_report, ("data", "train", "evaluate"), ("report",)),
+    ("quantize", stage_quantize, ("train",), ("quantize",)),
+    ("export", stage_export, ("train",), ("export",)),
+    ("bench", stage_bench, ("train", "export"), ("bench",)),
+    ("report", stage_report, ("data", "train", "evaluate", "quantize", "export", "bench"), ("report",)),
 ]
+
+
+def _downstream(name: str) -> list[str]:
+    """The stages that read ``name``'s outputs, directly or through other stages (STAGES is in run order)."""
+    found: list[str] = []
+    for later, _, upstream, _ in STAGES:
+        if name in upstream or any(u in found for u in upstream):
+            found.append(later)
+    return found
 
 
 def _stage_key(name: str, ctx: Context, upstream: tuple[str, ...], sections: tuple[str, ...], state: dict) -> str:
@@ -161,8 +333,8 @@ def run(config_path: str | Path | None, out: str | Path, progress: bool = True) 
         ctx.results[name] = result
         state[name] = {"key": key, "result": result, "seconds": time.perf_counter() - started,
                        "finished": time.time(), "complete": result.get("complete", True)}
-        for later, *_ in STAGES[[s[0] for s in STAGES].index(name) + 1:]:
-            state.pop(later, None)  # everything downstream must be redone
+        for later in _downstream(name):
+            state.pop(later, None)  # what read this stage's old outputs must be redone
         write_json_atomic(state_path, state)
         if not state[name]["complete"]:
             raise QDMError(f"stage {name} stopped before the end; run the same command again to continue")
