@@ -16,6 +16,7 @@ which the Python binding can only resize with ``_unsafe_reset_threadpool`` (publ
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,8 +57,9 @@ def _open_executorch(path: Path, threads: int | None) -> tuple[Forward, list, li
     from executorch.extension.pybindings import portable_lib
     from executorch.runtime import Runtime
 
-    if threads:
-        portable_lib._unsafe_reset_threadpool(threads)
+    # XNNPACK's thread pool is process-wide: set it on every load, so that an earlier load asking for fewer
+    # threads does not slow this one down (None: all cores, ExecuTorch's own default)
+    portable_lib._unsafe_reset_threadpool(threads or os.cpu_count() or 1)
     try:
         program = Runtime.get().load_program(path)
         method = program.load_method("forward")

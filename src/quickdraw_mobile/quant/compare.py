@@ -151,8 +151,8 @@ def _summary(row: dict) -> str:
 
 
 def markdown(rows: list[dict], context: dict) -> str:
-    def num(value, fmt):
-        return "n/a" if value is None else format(value, fmt)
+    def num(value, fmt, unit=""):
+        return "n/a" if value is None else format(value, fmt) + unit
 
     lines = [f"# Quantization comparison: {context['model']['name']} ({context['model']['source']})", "",
              f"Calibration: {context['calibration']['source']}, seed {context['seed']}. "
@@ -162,8 +162,8 @@ def markdown(rows: list[dict], context: dict) -> str:
              "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         lines.append(f"| {r['method']} | {r['bits']} | {r['top1']:.2f} | {num(r['delta_top1'], '+.2f')} | "
-                     f"{r['top5']:.2f} | {r['size_bytes'] / 1e3:,.1f} KB | {num(r['latency_ms_p50'], '.3f')} ms | "
-                     f"{num(r['peak_mem_mb'], '.1f')} MB | {_summary(r)} |")
+                     f"{r['top5']:.2f} | {r['size_bytes'] / 1e3:,.1f} KB | {num(r['latency_ms_p50'], '.3f', ' ms')} | "
+                     f"{num(r['peak_mem_mb'], '.1f', ' MB')} | {_summary(r)} |")
     lines += ["", "Schemes:", ""] + [f"- {r['method']}: {r['scheme']}" for r in rows]
     return "\n".join(lines) + "\n"
 
