@@ -310,3 +310,15 @@ def test_quantize_cli_rejects_bad_methods_and_options_before_any_work(tiny, tmp_
     assert qdm([*base, "--set", "steps=5"]) == 2
     assert "expected METHOD.OPTION=VALUE" in capsys.readouterr().err
     assert not (tmp_path / "q").exists()
+
+
+def test_qat_of_a_vit_with_stochastic_depth_deploys(tiny, tmp_path: Path):
+    """timm's DropPath traced in train mode is a bernoulli op that no ExecuTorch backend runs: QAT must drop it."""
+    torch.manual_seed(0)
+    vit = create_model("vit_tiny", len(CLASSES), embed_dim=48, depth=2, num_heads=3, drop_path=0.1).eval()
+    qm = quantize(vit, "int8-qat", tiny["calib"][:32], labels=tiny["calib_labels"][:32], train=tiny["train"],
+                  steps=2, batch_size=8)
+    metadata = save_pte(qm, tmp_path / "vit_qat.pte", tiny["labels"])
+    assert not any("bernoulli" in op for op in metadata["export"]["not_delegated_ops"])
+    exported = load_artifact(tmp_path / "vit_qat.pte").run(tiny["test"][:8])
+    assert _top1(exported, qm.logits(tiny["test"][:8]).argmax(1)) >= 0.75

@@ -172,6 +172,15 @@ class QATConfig(PT2EConfig):
             raise QDMError("int8-qat: freeze_bn_at and freeze_observers_at are fractions of the steps in [0, 1]")
 
 
+def _without_stochastic_depth(model: nn.Module) -> None:
+    """Switch off stochastic depth (timm's ``DropPath``) for QAT. Traced in train mode, it becomes a
+    ``bernoulli`` op that ``move_exported_model_to_eval`` cannot remove (it knows dropout and batch norm only),
+    and no ExecuTorch backend runs it; a short, low learning-rate fine-tune does not need it."""
+    for module in model.modules():
+        if hasattr(module, "drop_prob") and module.__class__.__name__ == "DropPath":
+            module.drop_prob = 0.0
+
+
 @register_method("int8-qat", QATConfig, needs_training_data=True)
 def apply_qat(model: nn.Module, config: QATConfig, calib: torch.Tensor, *, train: TrainingData,
               **_) -> QuantizedModel:
@@ -183,7 +192,8 @@ def apply_qat(model: nn.Module, config: QATConfig, calib: torch.Tensor, *, train
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
     quiet_executorch_import()
-    torch.manual_seed(config.seed)  # dropout and stochastic depth during fine-tuning
+    torch.manual_seed(config.seed)  # dropout during fine-tuning
+    _without_stochastic_depth(model)
     graph = export_dynamic(model.train(), max(GRAPH_MAX_BATCH, config.batch_size)).module()
     try:
         prepared = prepare_qat_pt2e(graph, make_quantizer(model, config, is_qat=True))
