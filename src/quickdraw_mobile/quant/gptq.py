@@ -30,14 +30,10 @@ from .int4 import (
     QMAX,
     QMIN,
     Int4Options,
-    dequantize_groups,
-    int4_layers,
-    int4_result,
-    layer_error,
+    quantize_linears,
     rtn_scales,
 )
 from .registry import QuantizedModel, register_method
-from .stats import collect_input_stats, weight_matrix
 
 
 @dataclass(frozen=True)
@@ -99,15 +95,9 @@ def gptq_quantize(weight: torch.Tensor, gram: torch.Tensor, rows: int, group_siz
 
 @register_method("int4-gptq", GPTQConfig)
 def apply(model: nn.Module, config: GPTQConfig, calib: torch.Tensor, **_) -> QuantizedModel:
-    layers, left = int4_layers(model, config)
-    stats = collect_input_stats(model, layers, calib, desc="int4-gptq: layer Hessians")
-    quantized, errors = {}, {}
-    for name, layer in layers.items():
-        weight, s = weight_matrix(layer), stats[name]
-        q, scale = gptq_quantize(weight, s.gram, s.rows, config.group_size, block_size=config.block_size,
-                                 damp=config.damp, act_order=config.act_order)
-        quantized[name] = (q, scale)
-        errors[name] = layer_error(weight, dequantize_groups(q, scale, config.group_size), s.gram, s.rows)
-    return int4_result("int4-gptq", model, config, quantized, left,
-                       {"layer_mse": errors, "damp": config.damp, "block_size": config.block_size,
-                        "act_order": config.act_order})
+    def quantize_weight(weight: torch.Tensor, stats) -> tuple[torch.Tensor, torch.Tensor]:
+        return gptq_quantize(weight, stats.gram, stats.rows, config.group_size, block_size=config.block_size,
+                             damp=config.damp, act_order=config.act_order)
+
+    return quantize_linears("int4-gptq", model, config, calib, quantize_weight,
+                            {"damp": config.damp, "block_size": config.block_size, "act_order": config.act_order})

@@ -130,6 +130,24 @@ def layer_error(weight: torch.Tensor, dequantized: torch.Tensor, gram: torch.Ten
     return float(torch.einsum("oi,ij,oj->", err, gram, err) / (max(rows, 1) * weight.shape[0]))
 
 
+def quantize_linears(method: str, model: nn.Module, options: Int4Options, calib: torch.Tensor, quantize_weight,
+                     extra: dict | None = None) -> QuantizedModel:
+    """The weight-only loop of int4-rtn and int4-gptq: each Linear's weight goes through
+    ``quantize_weight(weight, stats) -> (q, scale)`` (``stats``: its calibration inputs' Gram matrix and row
+    count), its output error on those inputs is recorded, and the integers are installed."""
+    from .stats import collect_input_stats, weight_matrix
+
+    layers, left = int4_layers(model, options)
+    stats = collect_input_stats(model, layers, calib, desc=f"{method}: layer inputs")
+    quantized, errors = {}, {}
+    for name, layer in layers.items():
+        weight, s = weight_matrix(layer), stats[name]
+        q, scale = quantize_weight(weight, s)
+        quantized[name] = (q, scale)
+        errors[name] = layer_error(weight, dequantize_groups(q, scale, options.group_size), s.gram, s.rows)
+    return int4_result(method, model, options, quantized, left, {"layer_mse": errors, **(extra or {})})
+
+
 def int4_result(method: str, model: nn.Module, options: Int4Options, quantized: dict[str, tuple],
                 left: dict[str, str], extra: dict | None = None) -> QuantizedModel:
     """Install every layer's (q, scale) and describe the result."""

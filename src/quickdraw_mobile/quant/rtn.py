@@ -13,15 +13,11 @@ from torch import nn
 
 from .int4 import (
     Int4Options,
-    dequantize_groups,
-    int4_layers,
-    int4_result,
-    layer_error,
     quantize_groups,
+    quantize_linears,
     rtn_scales,
 )
 from .registry import QuantizedModel, register_method
-from .stats import collect_input_stats, weight_matrix
 
 
 @dataclass(frozen=True)
@@ -37,13 +33,4 @@ def rtn_quantize(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, t
 
 @register_method("int4-rtn", RTNConfig)
 def apply(model: nn.Module, config: RTNConfig, calib: torch.Tensor, **_) -> QuantizedModel:
-    layers, left = int4_layers(model, config)
-    stats = collect_input_stats(model, layers, calib, desc="int4-rtn: layer inputs")
-    quantized, errors = {}, {}
-    for name, layer in layers.items():
-        weight = weight_matrix(layer)
-        q, scale = rtn_quantize(weight, config.group_size)
-        quantized[name] = (q, scale)
-        errors[name] = layer_error(weight, dequantize_groups(q, scale, config.group_size), stats[name].gram,
-                                   stats[name].rows)
-    return int4_result("int4-rtn", model, config, quantized, left, {"layer_mse": errors})
+    return quantize_linears("int4-rtn", model, config, calib, lambda weight, _: rtn_quantize(weight, config.group_size))
