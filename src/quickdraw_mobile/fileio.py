@@ -53,6 +53,20 @@ def write_json_atomic(path: str | os.PathLike, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def read_versioned_json(path: str | os.PathLike, fmt: str, version: int) -> dict:
+    """A JSON object written with ``{"format": fmt, "version": version, ...}``; anything else is a clear error."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise QDMError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(obj, dict) or obj.get("format") != fmt:
+        raise QDMError(f"{path}: expected format {fmt!r}")
+    if obj.get("version") != version:
+        raise QDMError(f"{path}: unsupported version {obj.get('version')!r}, expected {version}")
+    return obj
+
+
 def save_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.save(fh, array, allow_pickle=False)

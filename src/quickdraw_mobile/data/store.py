@@ -17,7 +17,6 @@ validation and train by exact per-class fractions. Same store + same seed -> the
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import QDMError
-from ..fileio import save_npy_atomic, sha256_file, write_json_atomic
+from ..fileio import read_versioned_json, save_npy_atomic, sha256_file, write_json_atomic
 from .classes import all_classes, resolve_class
 
 STORE_FORMAT = "quickdraw-mobile-store"
@@ -233,15 +232,7 @@ class Store:
             raise QDMError(f"{root}: no such data folder (expected a store made by 'qdm data download/ingest')")
         if not manifest_path.exists():
             raise QDMError(f"{manifest_path}: missing; {root} is not a store (run 'qdm data ingest' on it)")
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise QDMError(f"{manifest_path}: not valid JSON ({exc})") from exc
-        if not isinstance(manifest, dict) or manifest.get("format") != STORE_FORMAT:
-            raise QDMError(f"{manifest_path}: expected format {STORE_FORMAT!r}")
-        if manifest.get("version") != STORE_VERSION:
-            raise QDMError(f"{manifest_path}: unsupported version {manifest.get('version')!r}, "
-                           f"expected {STORE_VERSION}")
+        manifest = read_versioned_json(manifest_path, STORE_FORMAT, STORE_VERSION)
         entries = manifest.get("classes")
         if not isinstance(entries, list):
             raise QDMError(f"{manifest_path}: field 'classes' must be a list")

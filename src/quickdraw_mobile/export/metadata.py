@@ -14,12 +14,11 @@ so a stale, swapped or corrupt artifact is caught before anything runs.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..data.render import RENDERER_VERSION
 from ..errors import QDMError
-from ..fileio import sha256_file
+from ..fileio import read_versioned_json, sha256_file
 
 ARTIFACT_FORMAT = "quickdraw-mobile-artifact"
 ARTIFACT_VERSION = 1
@@ -107,14 +106,7 @@ def read_metadata(artifact: str | Path, check_file: bool = True) -> tuple[dict, 
     for path in (meta_path, labels_path):
         if not path.is_file():
             raise QDMError(f"{path}: missing; every exported model needs it beside it (made by 'qdm export')")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise QDMError(f"{meta_path}: not valid JSON ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != ARTIFACT_FORMAT:
-        raise QDMError(f"{meta_path}: expected format {ARTIFACT_FORMAT!r}")
-    if meta.get("version") != ARTIFACT_VERSION:
-        raise QDMError(f"{meta_path}: unsupported version {meta.get('version')!r}, expected {ARTIFACT_VERSION}")
+    meta = read_versioned_json(meta_path, ARTIFACT_FORMAT, ARTIFACT_VERSION)
     for key, kind in (("artifact", dict), ("input", dict), ("output", dict), ("classes", list),
                       ("num_classes", int)):
         if not isinstance(meta.get(key), kind):
