@@ -5,9 +5,12 @@ Both train the same `cnn` on the same real drawings with batch 256 and a small r
   augmentation, channels_last, bfloat16 autocast (the default model's config), foreach AdamW;
 - plain: a `Dataset` that indexes one drawing at a time, torchvision per-sample `RandomAffine` + normalize, a
   `DataLoader` (batch 256, num_workers 0), fp32, AdamW with default settings.
-Prints samples/s of each and their ratio, measured in one run.
+Prints samples/s of each and their ratio, measured in one run; then, to show where the ceiling is, the model's
+training step alone on one fixed batch (no data loading) in fp32, in bf16 autocast, and in bf16 under
+torch.compile: the plain loop runs at about the fp32 step's speed, so no data pipeline can beat it by more than
+the bf16/fp32 step ratio.
 
-    python benchmarks/bench_train.py [--store DIR] [--per-class 300] [--plain-batches 30]
+    python benchmarks/bench_train.py [--store DIR] [--per-class 300] [--plain-batches 30] [--no-step]
 """
 
 from __future__ import annotations
@@ -48,9 +51,14 @@ class OneAtATime(torch.utils.data.Dataset):
         return self.transform(image), int(label[0])
 
 
+def default_recipe() -> dict:
+    return yaml.safe_load((REPO / "configs" / "default_model.yaml").read_text())
+
+
 def plain_loop(split, batches: int) -> float:
     torch.manual_seed(0)
-    model = create_model("cnn", num_classes=len(split.classes))
+    recipe = default_recipe()
+    model = create_model(recipe["model"], num_classes=len(split.classes), **recipe.get("model_kwargs", {}))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     loader = torch.utils.data.DataLoader(OneAtATime(split), batch_size=256, shuffle=True, num_workers=0,
                                          drop_last=True)
@@ -69,12 +77,33 @@ def plain_loop(split, batches: int) -> float:
 
 
 def our_loop(store_dir: Path, per_class: int, workdir: Path) -> float:
-    cfg_values = yaml.safe_load((REPO / "configs" / "default_model.yaml").read_text())
-    cfg = TrainConfig(**{**cfg_values, "epochs": 2, "max_per_class": per_class, "warmup_epochs": 0.0})
+    cfg = TrainConfig(**{**default_recipe(), "epochs": 2, "max_per_class": per_class, "warmup_epochs": 0.0})
     train(cfg, store_dir, workdir / "run", progress=False)
     with open(workdir / "run" / "metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
     return float(rows[-1]["samples_per_s"])  # the second epoch: no first-call warm-up in it
+
+
+def step_only(num_classes: int, bf16: bool, compiled: bool, steps: int = 20) -> float:
+    """Samples/s of forward + backward + AdamW on one fixed channels_last batch of 256: the compute alone."""
+    torch.manual_seed(0)
+    recipe = default_recipe()
+    model = create_model(recipe["model"], num_classes=num_classes, **recipe.get("model_kwargs", {}))
+    model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
+    net = torch.compile(model) if compiled else model
+    x = torch.randn(256, 1, 28, 28).to(memory_format=torch.channels_last)
+    y = torch.randint(0, num_classes, (256,))
+    for step in range(steps + 3):
+        if step == 3:  # compilation and first-call warm-up excluded
+            started = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = net(x)
+        loss = torch.nn.functional.cross_entropy(logits.float(), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return 256 * steps / (time.perf_counter() - started)
 
 
 def main() -> None:
@@ -82,6 +111,7 @@ def main() -> None:
     parser.add_argument("--store", type=Path, default=None, help="a store (default: ingest ../shared's 52 classes)")
     parser.add_argument("--per-class", type=int, default=300, help="drawings per class for our loop's epochs")
     parser.add_argument("--plain-batches", type=int, default=30, help="timed batches of the plain loop")
+    parser.add_argument("--no-step", action="store_true", help="skip the compute-only training-step timings")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,6 +124,14 @@ def main() -> None:
     print(f"plain PyTorch loop (per-sample Dataset + transforms, fp32): {plain:8.0f} samples/s")
     print(f"qdm train loop (memmap batches, batch augment, channels_last, bf16): {ours:8.0f} samples/s")
     print(f"ratio: {ours / plain:.2f}x")
+    if args.no_step:
+        return
+    fp32 = step_only(len(split.classes), bf16=False, compiled=False)
+    bf16 = step_only(len(split.classes), bf16=True, compiled=False)
+    compiled = step_only(len(split.classes), bf16=True, compiled=True)
+    print("training step alone, one fixed batch of 256 (no data loading):")
+    print(f"  fp32 eager {fp32:8.0f} samples/s | bf16 eager {bf16:8.0f} ({bf16 / fp32:.2f}x fp32) | "
+          f"bf16 torch.compile {compiled:8.0f} ({compiled / bf16:.2f}x bf16 eager)")
 
 
 if __name__ == "__main__":
