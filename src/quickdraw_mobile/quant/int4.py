@@ -29,6 +29,7 @@ from torch import nn
 from ..errors import QDMError
 from ..fileio import atomic_path
 from .registry import QuantizedModel
+from .stats import collect_input_stats, weight_matrix
 
 QMIN, QMAX = -8, 7
 EPS = torch.finfo(torch.float32).smallest_normal
@@ -135,8 +136,6 @@ def quantize_linears(method: str, model: nn.Module, options: Int4Options, calib:
     """The weight-only loop of int4-rtn and int4-gptq: each Linear's weight goes through
     ``quantize_weight(weight, stats) -> (q, scale)`` (``stats``: its calibration inputs' Gram matrix and row
     count), its output error on those inputs is recorded, and the integers are installed."""
-    from .stats import collect_input_stats, weight_matrix
-
     layers, left = int4_layers(model, options)
     stats = collect_input_stats(model, layers, calib, desc=f"{method}: layer inputs")
     quantized, errors = {}, {}
