@@ -55,10 +55,15 @@ def default_recipe() -> dict:
     return yaml.safe_load((REPO / "configs" / "default_model.yaml").read_text())
 
 
-def plain_loop(split, batches: int) -> float:
+def default_model(num_classes: int) -> torch.nn.Module:
+    """The default model's architecture, freshly initialized (seeded), as both loops train it."""
     torch.manual_seed(0)
     recipe = default_recipe()
-    model = create_model(recipe["model"], num_classes=len(split.classes), **recipe.get("model_kwargs", {}))
+    return create_model(recipe["model"], num_classes=num_classes, **recipe.get("model_kwargs", {}))
+
+
+def plain_loop(split, batches: int) -> float:
+    model = default_model(len(split.classes))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     loader = torch.utils.data.DataLoader(OneAtATime(split), batch_size=256, shuffle=True, num_workers=0,
                                          drop_last=True)
@@ -86,10 +91,7 @@ def our_loop(store_dir: Path, per_class: int, workdir: Path) -> float:
 
 def step_only(num_classes: int, bf16: bool, compiled: bool, steps: int = 20) -> float:
     """Samples/s of forward + backward + AdamW on one fixed channels_last batch of 256: the compute alone."""
-    torch.manual_seed(0)
-    recipe = default_recipe()
-    model = create_model(recipe["model"], num_classes=num_classes, **recipe.get("model_kwargs", {}))
-    model = model.to(memory_format=torch.channels_last)
+    model = default_model(num_classes).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
     net = torch.compile(model) if compiled else model
     x = torch.randn(256, 1, 28, 28).to(memory_format=torch.channels_last)
