@@ -34,6 +34,7 @@ from quickdraw_mobile.quant.int4 import (
     save_packed,
     unpack_int4,
 )
+from quickdraw_mobile.quant.pt2e import PT2EConfig, qat_graph
 from quickdraw_mobile.quant.rtn import rtn_quantize
 from quickdraw_mobile.quant.scaling import scale_inputs
 from quickdraw_mobile.quant.smoothquant import smooth, smoothable_layers
@@ -322,3 +323,20 @@ def test_qat_of_a_vit_with_stochastic_depth_deploys(tiny, tmp_path: Path):
     assert not any("bernoulli" in op for op in metadata["export"]["not_delegated_ops"])
     exported = load_artifact(tmp_path / "vit_qat.pte").run(tiny["test"][:8])
     assert _top1(exported, qm.logits(tiny["test"][:8]).argmax(1)) >= 0.75
+
+
+def test_qat_training_graph_has_no_dropout_left(tiny):
+    """torchao's move_exported_model_to_train turns every dropout of a graph, p=0 ones included, into p=0.5:
+    QAT removes dropout first, so a ViT (no batch norm) computes the same in the QAT graph's train and eval mode."""
+    from torchao.quantization.pt2e import disable_observer, move_exported_model_to_eval
+
+    torch.manual_seed(0)
+    vit = create_model("vit_tiny", len(CLASSES), embed_dim=48, depth=2, num_heads=3).eval()
+    assert any(isinstance(m, torch.nn.Dropout) for m in vit.modules())  # timm's p=0 dropouts
+    graph = qat_graph(vit, PT2EConfig(), tiny["calib"][:32])
+    graph.apply(disable_observer)  # the two passes must see the same quantization ranges
+    x = tiny["test"][:16]
+    with torch.no_grad():
+        train_mode = graph(x)
+        eval_mode = move_exported_model_to_eval(graph)(x)
+    assert torch.equal(train_mode, eval_mode)

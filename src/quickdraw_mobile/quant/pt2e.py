@@ -172,29 +172,33 @@ class QATConfig(PT2EConfig):
             raise QDMError("int8-qat: freeze_bn_at and freeze_observers_at are fractions of the steps in [0, 1]")
 
 
-def _without_stochastic_depth(model: nn.Module) -> None:
-    """Switch off stochastic depth (timm's ``DropPath``) for QAT. Traced in train mode, it becomes a
-    ``bernoulli`` op that ``move_exported_model_to_eval`` cannot remove (it knows dropout and batch norm only),
-    and no ExecuTorch backend runs it; a short, low learning-rate fine-tune does not need it."""
-    for module in model.modules():
+def _without_random_layers(model: nn.Module) -> None:
+    """Switch off dropout and stochastic depth (timm's ``DropPath``) for QAT; a short, low learning-rate
+    fine-tune does not need them, and in an exported graph neither survives intact:
+    - torchao's ``move_exported_model_to_train`` rewrites every dropout of the graph into ``dropout(p=0.5)``
+      (its pattern matches any p, and the replacement carries its own literal 0.5), so a ViT's p=0 dropouts
+      would drop half of every activation (on a 4-epoch vit_tiny the training loss jumped from
+      0.81 to 3.22, top-1 77% to 16%, before the first QAT step);
+    - traced in train mode, ``DropPath`` becomes a ``bernoulli`` op that ``move_exported_model_to_eval`` cannot
+      remove and that no ExecuTorch backend runs.
+    """
+    for name, module in list(model.named_modules()):
         if hasattr(module, "drop_prob") and module.__class__.__name__ == "DropPath":
             module.drop_prob = 0.0
+        elif isinstance(module, nn.Dropout):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, nn.Identity())
 
 
-@register_method("int8-qat", QATConfig, needs_training_data=True)
-def apply_qat(model: nn.Module, config: QATConfig, calib: torch.Tensor, *, train: TrainingData,
-              **_) -> QuantizedModel:
-    from torchao.quantization.pt2e import (
-        disable_observer,
-        move_exported_model_to_eval,
-        move_exported_model_to_train,
-    )
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
+def qat_graph(model: nn.Module, config: PT2EConfig, calib: torch.Tensor, max_batch: int = GRAPH_MAX_BATCH
+              ) -> GraphModule:
+    """The QAT graph of ``model`` (batch free up to ``max_batch``), observers set on ``calib``, in training mode."""
+    from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
     quiet_executorch_import()
-    torch.manual_seed(config.seed)  # dropout during fine-tuning
-    _without_stochastic_depth(model)
-    graph = export_dynamic(model.train(), max(GRAPH_MAX_BATCH, config.batch_size)).module()
+    _without_random_layers(model)
+    graph = export_dynamic(model.train(), max(GRAPH_MAX_BATCH, max_batch)).module()
     try:
         prepared = prepare_qat_pt2e(graph, make_quantizer(model, config, is_qat=True))
     except Exception as exc:
@@ -203,12 +207,22 @@ def apply_qat(model: nn.Module, config: QATConfig, calib: torch.Tensor, *, train
     # steps train against sensible ranges.
     move_exported_model_to_eval(prepared)
     calibrate(prepared, calib, "int8-qat: initial ranges")
-    move_exported_model_to_train(prepared)
+    return move_exported_model_to_train(prepared)
+
+
+@register_method("int8-qat", QATConfig, needs_training_data=True)
+def apply_qat(model: nn.Module, config: QATConfig, calib: torch.Tensor, *, train: TrainingData,
+              **_) -> QuantizedModel:
+    from torchao.quantization.pt2e import disable_observer, move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    torch.manual_seed(config.seed)
+    prepared = qat_graph(model, config, calib, config.batch_size)
     freeze_bn, freeze_obs = round(config.freeze_bn_at * config.steps), round(config.freeze_observers_at * config.steps)
 
     def schedule(step: int) -> None:
         if step == freeze_bn:
-            move_exported_model_to_eval(prepared)  # BN normalizes with running statistics (and dropout is off)
+            move_exported_model_to_eval(prepared)  # BN normalizes with running statistics
         if step == freeze_obs:
             prepared.apply(disable_observer)
 
