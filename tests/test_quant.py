@@ -37,7 +37,7 @@ from quickdraw_mobile.quant.int4 import (
 from quickdraw_mobile.quant.pt2e import PT2EConfig, qat_graph
 from quickdraw_mobile.quant.rtn import rtn_quantize
 from quickdraw_mobile.quant.scaling import scale_inputs
-from quickdraw_mobile.quant.smoothquant import smooth, smoothable_layers
+from quickdraw_mobile.quant.smoothquant import scope_layers, smooth, smoothable_layers
 from quickdraw_mobile.quant.stats import collect_input_stats, weight_matrix
 from quickdraw_mobile.train import train
 from quickdraw_mobile.train.config import TrainConfig
@@ -213,6 +213,19 @@ def test_smoothquant_leaves_fp32_outputs_unchanged(tiny):
     assert placement["blocks.0.attn.qkv"] == "folded into blocks.0.norm1"
     assert placement["blocks.0.mlp.fc1"] == "folded into blocks.0.norm2"
     assert placement["blocks.0.mlp.fc2"] == "ScaledInput"  # after GELU: nothing to fold into
+
+
+def test_smoothquant_searches_the_scope_on_a_vit(tiny):
+    """A ViT has both scopes: every Linear, or only qkv and fc1 (fed by a LayerNorm, where 1/s folds for free)."""
+    vit = create_model("vit_tiny", 3, embed_dim=32, depth=1, num_heads=2, patch_size=7).eval()
+    assert scope_layers(vit, "after-norm", tiny["calib"][:16]) == ["blocks.0.attn.qkv", "blocks.0.mlp.fc1"]
+    sq = quantize(vit, "int8-smoothquant", tiny["calib"], alphas=(0.5,), search_drawings=64)
+    assert set(sq.notes["logit_mse"]) == {"all", "after-norm"}
+    best = min(sq.notes["logit_mse"], key=lambda scope: sq.notes["logit_mse"][scope][0.5])
+    assert sq.notes["scope"] == best
+    assert sq.notes["smoothed_layers"] == (2 if best == "after-norm" else len(smoothable_layers(vit)))
+    with pytest.raises(QDMError, match="scopes"):
+        quantize(vit, "int8-smoothquant", tiny["calib"], scopes=("first",))
 
 
 @pytest.fixture(scope="module")

@@ -140,7 +140,7 @@ def _summary(row: dict) -> str:
     if "kept_float" in notes:
         return f"float: {', '.join(notes['kept_float']) or 'none'}"
     if "alpha" in notes and not isinstance(notes["alpha"], dict):
-        return f"alpha {notes['alpha']}"
+        return f"alpha {notes['alpha']}" + (f", {notes['scope']} layers" if "scope" in notes else "")
     if "int4_layers" in notes:
         return f"{len(notes['int4_layers'])} Linear in int4, {len(notes['float_layers'])} layers float"
     if "params_removed" in notes:

@@ -34,7 +34,7 @@ class ScaledInput(nn.Module):
         return self.layer(x * self.inv_scale)
 
 
-def _producers(model: nn.Module, layers: dict[str, nn.Module], probe: torch.Tensor) -> dict[str, str]:
+def norm_producers(model: nn.Module, layers: dict[str, nn.Module], probe: torch.Tensor) -> dict[str, str]:
     """For each layer, the name of the norm module whose output object is exactly the layer's input."""
     produced: dict[int, tuple[str, torch.Tensor]] = {}
     inputs: dict[str, torch.Tensor] = {}
@@ -85,7 +85,7 @@ def scale_inputs(model: nn.Module, scales: dict[str, torch.Tensor], probe: torch
     """
     model.eval()  # the equivalence check compares deterministic outputs
     layers = {name: model.get_submodule(name) for name in scales}
-    producers = _producers(model, layers, probe)
+    producers = norm_producers(model, layers, probe)
     reference = model(probe)
     tolerance = FOLD_TOLERANCE * max(1.0, float(reference.abs().max()))
     placed = {}
