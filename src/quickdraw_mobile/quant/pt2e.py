@@ -31,7 +31,7 @@ from ..export.executorch import export_dynamic, failure_message
 from ..export.runtime import quiet_executorch_import
 from .finetune import TrainingData, fine_tune
 from .registry import GRAPH_MAX_BATCH, QuantizedModel, register_method
-from .scaling import ScaledInput
+from .scaling import ScaledInput, set_module
 
 CALIB_BATCH = 64
 ADD_OPS = {torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor}
@@ -186,8 +186,7 @@ def _without_random_layers(model: nn.Module) -> None:
         if hasattr(module, "drop_prob") and module.__class__.__name__ == "DropPath":
             module.drop_prob = 0.0
         elif isinstance(module, nn.Dropout):
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, nn.Identity())
+            set_module(model, name, nn.Identity())
 
 
 def qat_graph(model: nn.Module, config: PT2EConfig, calib: torch.Tensor, max_batch: int = GRAPH_MAX_BATCH

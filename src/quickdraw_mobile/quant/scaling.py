@@ -71,7 +71,7 @@ def norm_producers(model: nn.Module, layers: dict[str, nn.Module], probe: torch.
     return found
 
 
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
@@ -105,6 +105,6 @@ def scale_inputs(model: nn.Module, scales: dict[str, torch.Tensor], probe: torch
                 continue
             norm.weight.copy_(saved[0])  # the norm's output has other uses: undo, and scale explicitly
             norm.bias.copy_(saved[1])
-        _set_module(model, name, ScaledInput(layer, (1.0 / s).float()))
+        set_module(model, name, ScaledInput(layer, (1.0 / s).float()))
         placed[name] = "ScaledInput"
     return placed
