@@ -80,6 +80,20 @@ def test_resume_is_bit_exact(tiny_store, tiny_run, tmp_path):
         (tiny_run / "metrics.csv").read_text().split("\n")[1].split(",")[:5]
 
 
+def test_mixed_run_resumes_bit_exactly(tiny_store, tmp_path):
+    cfg = TrainConfig(**{**TINY, "mixup_alpha": 0.2, "cutmix_alpha": 1.0, "mix_prob": 0.8})
+    whole = train(cfg, tiny_store, tmp_path / "whole", progress=False)
+    assert whole["complete"]
+    out = tmp_path / "interrupted"
+    train(cfg, tiny_store, out, progress=False, stop_after_steps=6)
+    assert train(None, tiny_store, out, resume=True, progress=False)["complete"]
+    reference, resumed = load_file(tmp_path / "whole" / "model.safetensors"), load_file(out / "model.safetensors")
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+    train(TrainConfig(**TINY), tiny_store, tmp_path / "plain", progress=False)
+    plain = load_file(tmp_path / "plain" / "model.safetensors")
+    assert not all(torch.equal(reference[k], plain[k]) for k in reference)  # the loop really mixed
+
+
 def test_existing_run_is_not_overwritten(tiny_store, tiny_run):
     before = (tiny_run / "model.safetensors").read_bytes()
     with pytest.raises(QDMError, match="already holds a run"):

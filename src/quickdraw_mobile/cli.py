@@ -167,6 +167,9 @@ TRAIN_OPTIONS = {  # CLI flag -> (type, help); each one overrides the config fil
     "seed": (int, "seed for init, batch order, augmentation and dropout"),
     "split_seed": (int, "seed of the train/val/test split"),
     "threads": (int, "torch threads (0 = all cores)"),
+    "mixup_alpha": (float, "mixup: Beta(alpha, alpha) blend of batch pairs (0 = off)"),
+    "cutmix_alpha": (float, "CutMix: Beta(alpha, alpha) share of a drawing kept, the rest pasted (0 = off)"),
+    "mix_prob": (float, "share of batches mixed when mixup or CutMix is on"),
 }
 TRAIN_FLAGS = {  # boolean switches
     "bf16": "bfloat16 autocast",

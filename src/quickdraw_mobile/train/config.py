@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import QDMError
+from .mixing import MixConfig
 
 OPTIMIZERS = ("adamw", "lamb", "sgd")
 
@@ -45,6 +46,10 @@ class TrainConfig:
     scale_min: float = 0.9
     scale_max: float = 1.1
     hflip: bool = False
+    # batch mixing (see train.mixing): mixup and/or CutMix on a share mix_prob of the batches
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mix_prob: float = 1.0
     # execution
     seed: int = 0
     bf16: bool = False  # bfloat16 autocast for the forward pass
@@ -64,8 +69,12 @@ class TrainConfig:
             raise QDMError(f"label_smoothing: expected [0, 1), got {self.label_smoothing}")
         if self.scale_min > self.scale_max:
             raise QDMError(f"scale_min ({self.scale_min}) must not exceed scale_max ({self.scale_max})")
+        self.mixing()  # validates the mixing options
         if not isinstance(self.model_kwargs, dict):
             raise QDMError("model_kwargs: expected a mapping of option: value")
+
+    def mixing(self) -> MixConfig:
+        return MixConfig(self.mixup_alpha, self.cutmix_alpha, self.mix_prob)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -31,6 +31,7 @@ from ..models.profile import count_macs, count_params
 from . import checkpoint as ckpt
 from .config import TrainConfig, load_config
 from .distributed import DistContext, all_reduce_sum, broadcast_flag, setup, teardown
+from .mixing import mix_batch, mixed_loss, step_rng
 
 
 def lr_at(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
@@ -161,6 +162,10 @@ def _train(cfg, data_dir, out, ctx, resume, progress, stop_after_steps, stop_req
                        f"({cfg.batch_size} x {ctx.world_size} ranks); lower batch_size")
     total_steps = steps_per_epoch * cfg.epochs
     weight = class_weight_tensor(splits["train"].counts) if cfg.class_weights else None
+    mixing = cfg.mixing()
+
+    def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, labels, weight=weight, label_smoothing=cfg.label_smoothing)
 
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -195,9 +200,10 @@ def _train(cfg, data_dir, out, ctx, resume, progress, stop_after_steps, stop_req
                 step = epoch * steps_per_epoch + batch_in_epoch
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(cfg, step, total_steps, steps_per_epoch)
+                mixed = mix_batch(x, mixing, step_rng(cfg.seed, ctx.rank, step))
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-                    logits = net(x)
-                loss = F.cross_entropy(logits.float(), y, weight=weight, label_smoothing=cfg.label_smoothing)
+                    logits = net(mixed.x.contiguous(memory_format=memory_format))
+                loss = mixed_loss(loss_fn, logits.float(), y, mixed)
                 if not torch.isfinite(loss):
                     raise QDMError(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, batch {batch_in_epoch}; "
                                    f"stopped, last good checkpoint kept in {out / ckpt.CHECKPOINTS} "
@@ -208,7 +214,7 @@ def _train(cfg, data_dir, out, ctx, resume, progress, stop_after_steps, stop_req
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()
                 running[0] += loss.item() * len(y)
-                running[1] += (logits.argmax(1) == y).sum().item()
+                running[1] += (logits.argmax(1) == y).sum().item()  # on a mixed batch: against the own label
                 running[2] += len(y)
                 batch_in_epoch += 1
                 samples_this_epoch += len(y)
