@@ -165,6 +165,8 @@ TRAIN_OPTIONS = {  # CLI flag -> (type, help); each one overrides the config fil
     "patience": (int, "early stopping patience in epochs on validation top-1 (0 = off)"),
     "max_per_class": (int, "use at most N drawings per class"),
     "seed": (int, "seed for init, batch order, augmentation and dropout"),
+    "val_fraction": (float, "share of each class for validation (picks the best epoch)"),
+    "test_fraction": (float, "share of each class held out for testing (drawn first)"),
     "split_seed": (int, "seed of the train/val/test split"),
     "threads": (int, "torch threads (0 = all cores)"),
     "mixup_alpha": (float, "mixup: Beta(alpha, alpha) blend of batch pairs (0 = off)"),

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# 10-epoch proxies of default-model recipes on the 52-class store. Each variant is the earlier default recipe
+# (configs/default_model.yaml with blocks 2+2 and a 10% validation split) with a few options changed, trained for
+# 10 epochs with 1 thread, two at a time (on 2 cores, two 1-thread runs get about the samples/s of one 2-thread
+# run). Prints each variant's best validation top-1; the test split is not looked at. About 23 minutes a pair.
+#   bash benchmarks/recipe_proxies.sh [OUT]        (default OUT: runs/recipe)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT="${1:-runs/recipe}"
+SHARED="${QDM_SHARED_DATA:-../shared/quickdraw}"
+QDM=.venv/bin/qdm
+STORE="runs/default_model/store"
+[ -f "$STORE/manifest.json" ] || $QDM data ingest "$SHARED/numpy_bitmap" --out "$STORE"
+mkdir -p "$OUT"
+B22='{"dropout": 0.2, "blocks": [2, 2]}'
+B13='{"dropout": 0.2, "blocks": [1, 3]}'
+VARIANTS=(base10 b13_10 b13_sgd10 b13_cutmix10)
+options() {  # variant -> OPTS, the options it changes
+  case "$1" in
+    base10) OPTS=(--model-kwargs "$B22") ;;
+    b13_10) OPTS=(--model-kwargs "$B13") ;;
+    b13_sgd10) OPTS=(--model-kwargs "$B13" --optimizer sgd --lr 0.1 --weight-decay 0.0005) ;;
+    b13_cutmix10) OPTS=(--model-kwargs "$B13" --cutmix-alpha 1.0 --mix-prob 0.5) ;;
+  esac
+}
+run() {  # one variant; skipped when its run folder is complete
+  [ -f "$OUT/$1/train_summary.json" ] && return
+  rm -rf "${OUT:?}/$1"
+  options "$1"
+  $QDM train --data "$STORE" --config configs/default_model.yaml --epochs 10 --val-fraction 0.1 --threads 1 \
+    "${OPTS[@]}" --out "$OUT/$1" > "$OUT/$1.log" 2>&1
+}
+for ((i = 0; i < ${#VARIANTS[@]}; i += 2)); do
+  run "${VARIANTS[i]}" &
+  if [ -n "${VARIANTS[i+1]:-}" ]; then run "${VARIANTS[i+1]}" & fi
+  wait
+done
+printf '%-14s %8s %6s  %s\n' variant params "val" options
+for v in "${VARIANTS[@]}"; do
+  options "$v"
+  .venv/bin/python - "$OUT/$v/train_summary.json" "$v" "${OPTS[*]}" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+print(f"{sys.argv[2]:<14} {s['params']:>8,} {100 * s['best_val_top1']:6.2f}  {sys.argv[3]}")
+PY
+done
