@@ -6,11 +6,10 @@
 #   bash benchmarks/recipe_proxies.sh [OUT]        (default OUT: runs/recipe)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT="${1:-runs/recipe}"
-SHARED="${QDM_SHARED_DATA:-../shared/quickdraw}"
 QDM=.venv/bin/qdm
-STORE="runs/default_model/store"
-[ -f "$STORE/manifest.json" ] || $QDM data ingest "$SHARED/numpy_bitmap" --out "$STORE"
+OUT="${1:-runs/recipe}"
+STORE="runs/default_model/store"  # the store scripts/train_default_model.sh builds
+[ -f "$STORE/manifest.json" ] || $QDM data ingest "${QDM_SHARED_DATA:-../shared/quickdraw}/numpy_bitmap" --out "$STORE"
 mkdir -p "$OUT"
 B22='{"dropout": 0.2, "blocks": [2, 2]}'
 B13='{"dropout": 0.2, "blocks": [1, 3]}'
