@@ -65,16 +65,15 @@ def cutmix_box(lam: float, side: int, rng: np.random.Generator) -> tuple[int, in
 def mix_batch(x: torch.Tensor, cfg: MixConfig, rng: np.random.Generator) -> MixedBatch:
     """Mix a batch ``x`` (B, C, H, W) with a random permutation of itself (or leave it, with 1 - prob)."""
     batch = x.shape[0]
-    identity = torch.arange(batch)
     if not cfg.enabled or rng.random() >= cfg.prob:
-        return MixedBatch(x, identity, 1.0)
+        return MixedBatch(x, torch.arange(batch), 1.0)
     partner = torch.from_numpy(rng.permutation(batch))
     use_cutmix = cfg.cutmix_alpha > 0 and (cfg.mixup_alpha == 0 or rng.random() < 0.5)
     if use_cutmix:
         lam = float(rng.beta(cfg.cutmix_alpha, cfg.cutmix_alpha))
         top, bottom, left, right = cutmix_box(lam, x.shape[-1], rng)
         mixed = x.clone()
-        mixed[:, :, top:bottom, left:right] = x[partner][:, :, top:bottom, left:right]
+        mixed[:, :, top:bottom, left:right] = x[partner, :, top:bottom, left:right]  # gathers the box only
         lam = 1.0 - (bottom - top) * (right - left) / (x.shape[-1] * x.shape[-2])
     else:
         lam = float(rng.beta(cfg.mixup_alpha, cfg.mixup_alpha))
