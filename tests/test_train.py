@@ -93,6 +93,30 @@ def test_mixed_run_resumes_bit_exactly(tiny_store, tiny_run, tmp_path):
     assert not all(torch.equal(reference[k], plain[k]) for k in reference)  # the loop really mixed
 
 
+def test_ema_follows_the_weights_step_by_step_and_is_what_gets_saved(tiny_store, tmp_path):
+    # One step per call (each a resume), so the raw weights after every step can be read from last.pt and the
+    # average computed by hand: e_1 = w_1, e_t = d * e_(t-1) + (1 - d) * w_t, over parameters and BN statistics.
+    decay, out = 0.8, tmp_path / "run"
+    cfg = TrainConfig(**{**TINY, "epochs": 1, "ema_decay": decay})
+    done = train(cfg, tiny_store, out, progress=False, stop_after_steps=1)["complete"]
+    expected, averaged = None, 0
+    while True:
+        state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+        if int(state["ema"]["n_averaged"]) > averaged:  # this call made a step (the last one may only validate)
+            averaged += 1
+            raw = {k: v.double() for k, v in state["model"].items() if v.is_floating_point()}
+            expected = raw if expected is None else {k: decay * expected[k] + (1 - decay) * raw[k] for k in raw}
+        if done:
+            break
+        done = train(None, tiny_store, out, resume=True, progress=False, stop_after_steps=1)["complete"]
+    assert averaged == int(state["ema"]["n_averaged"]) == 12  # 3 x 128 training rows / batch 32
+    saved = load_file(out / "model.safetensors")
+    for key, value in expected.items():
+        assert torch.allclose(state["ema"]["module." + key].double(), value, atol=1e-5), key
+        assert torch.equal(saved[key], state["ema"]["module." + key]), key  # the average is what was saved
+    assert not all(torch.equal(saved[k], state["model"][k]) for k in expected)  # and it is not the raw weights
+
+
 def test_existing_run_is_not_overwritten(tiny_store, tiny_run):
     before = (tiny_run / "model.safetensors").read_bytes()
     with pytest.raises(QDMError, match="already holds a run"):
@@ -109,6 +133,8 @@ def test_bad_configs_and_data(tiny_store, tmp_path):
         load_config(cfg_file)
     with pytest.raises(QDMError, match="optimizer"):
         TrainConfig(optimizer="adam")
+    with pytest.raises(QDMError, match=r"ema_decay: expected \[0, 1\)"):
+        TrainConfig(ema_decay=1.0)
     empty = Store.create(tmp_path / "empty")
     with pytest.raises(QDMError, match="no classes"):
         train(TrainConfig(**TINY), empty.root, tmp_path / "b", progress=False)
@@ -194,6 +220,7 @@ def test_two_process_ddp(tiny_store, tmp_path):
     {"optimizer": "lamb", "class_weights": True},
     {"optimizer": "sgd", "lr": 0.05, "balanced": True},
     {"bf16": True, "augment": False, "channels_last": False},
+    {"ema_decay": 0.99},
 ])
 def test_training_options_run(tiny_store, tmp_path, options):
     cfg = TrainConfig(**{**TINY, "epochs": 1, **options})

@@ -172,6 +172,7 @@ TRAIN_OPTIONS = {  # CLI flag -> (type, help); each one overrides the config fil
     "mixup_alpha": (float, "mixup: Beta(alpha, alpha) blend of batch pairs (0 = off)"),
     "cutmix_alpha": (float, "CutMix: Beta(alpha, alpha) share of a drawing kept, the rest pasted (0 = off)"),
     "mix_prob": (float, "share of batches mixed when mixup or CutMix is on"),
+    "ema_decay": (float, "validate and save an EMA of the weights with this per-step decay (0 = off)"),
 }
 TRAIN_FLAGS = {  # boolean switches
     "bf16": "bfloat16 autocast",

@@ -50,6 +50,9 @@ class TrainConfig:
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     mix_prob: float = 1.0
+    # weight averaging: validate and save an exponential moving average of the weights (and BN statistics),
+    # updated after every step with this decay; 0 = off (the raw weights are validated and saved)
+    ema_decay: float = 0.0
     # execution
     seed: int = 0
     bf16: bool = False  # bfloat16 autocast for the forward pass
@@ -69,6 +72,8 @@ class TrainConfig:
             raise QDMError(f"label_smoothing: expected [0, 1), got {self.label_smoothing}")
         if self.scale_min > self.scale_max:
             raise QDMError(f"scale_min ({self.scale_min}) must not exceed scale_max ({self.scale_max})")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise QDMError(f"ema_decay: expected [0, 1) (0 turns it off), got {self.ema_decay}")
         self.mixing()  # validates the mixing options
         if not isinstance(self.model_kwargs, dict):
             raise QDMError("model_kwargs: expected a mapping of option: value")

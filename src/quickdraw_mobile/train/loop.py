@@ -2,7 +2,7 @@
 
 Everything random is a function of the config's seed: the model init (torch's global RNG, seeded before the
 model is built), the batch order and augmentation (the loader derives them from seed, epoch and batch index),
-and dropout (torch's global RNG, saved in every checkpoint). So a run interrupted at any step and resumed from
+and dropout (torch's global RNG, saved in every checkpoint); the weight average, when on, is saved too. So a run interrupted at any step and resumed from
 ``checkpoints/last.pt`` ends with the same weights as an uninterrupted run.
 """
 
@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from ..data.loader import AugmentConfig, BatchLoader
@@ -150,6 +151,12 @@ def _train(cfg, data_dir, out, ctx, resume, progress, stop_after_steps, stop_req
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
     net = torch.nn.parallel.DistributedDataParallel(model) if ctx.enabled else model
+    # With EMA on, the averaged copy is what gets validated, picked as best and saved as the run's weights.
+    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+           if cfg.ema_decay > 0 else None)
+    if ema is not None and state is not None:
+        ema.load_state_dict(state["ema"])
+    eval_model = ema.module if ema is not None else model
 
     augment = (AugmentConfig(cfg.rotation_deg, cfg.translate, (cfg.scale_min, cfg.scale_max), cfg.hflip)
                if cfg.augment else None)
@@ -183,9 +190,12 @@ def _train(cfg, data_dir, out, ctx, resume, progress, stop_after_steps, stop_req
     started, cpu_started = time.perf_counter(), time.process_time()
 
     def snapshot() -> dict:
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+        snap = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
                 "epoch": epoch, "batch_in_epoch": batch_in_epoch, "best_top1": best_top1,
                 "bad_epochs": bad_epochs, "running": list(running)}
+        if ema is not None:
+            snap["ema"] = ema.state_dict()
+        return snap
 
     try:
         while epoch < cfg.epochs and not stopped_early:
@@ -213,6 +223,8 @@ def _train(cfg, data_dir, out, ctx, resume, progress, stop_after_steps, stop_req
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()
+                if ema is not None:
+                    ema.update_parameters(model)
                 running[0] += loss.item() * len(y)
                 running[1] += (logits.argmax(1) == y).sum().item()  # on a mixed batch: against the own label
                 running[2] += len(y)
@@ -229,7 +241,7 @@ def _train(cfg, data_dir, out, ctx, resume, progress, stop_after_steps, stop_req
             bar.close()
 
             loss_sum, correct, seen = all_reduce_sum(ctx, running)
-            val_logits, val_labels = logits_for_split(model, splits["val"], cfg.eval_batch_size)
+            val_logits, val_labels = logits_for_split(eval_model, splits["val"], cfg.eval_batch_size)
             val_loss = float(F.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(val_labels)))
             val_top1 = float((val_logits.argmax(1) == val_labels).mean()) if len(val_labels) else float("nan")
             row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
@@ -249,7 +261,7 @@ def _train(cfg, data_dir, out, ctx, resume, progress, stop_after_steps, stop_req
                 ckpt.write_metrics_csv(out / ckpt.METRICS, history)
                 if improved:
                     ckpt.save_checkpoint(out / ckpt.CHECKPOINTS / ckpt.BEST, snapshot())
-                    ckpt.save_weights(out / ckpt.WEIGHTS, model.state_dict())
+                    ckpt.save_weights(out / ckpt.WEIGHTS, eval_model.state_dict())
                 ckpt.save_checkpoint(out / ckpt.CHECKPOINTS / ckpt.LAST, snapshot())
                 if progress:
                     tqdm.write(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}"
