@@ -1,0 +1,55 @@
+"""Test top-1 of trained runs alone and averaged: how far a model-selection budget of N full runs would carry.
+
+    python benchmarks/ensemble_probe.py RUN [RUN ...] --data STORE
+
+Each run is evaluated on its own config's test split; the runs must share that split (same test_fraction,
+split_seed, classes and store), so the averaged softmax is scored on the same drawings. An ensemble of N runs costs
+N trainings and N forward passes, so it is a bound for what a single model of the same recipe family might reach,
+not a candidate for the bundled model.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from quickdraw_mobile.data.store import SplitSpec, Store
+from quickdraw_mobile.errors import QDMError
+from quickdraw_mobile.inference import logits_for_split
+from quickdraw_mobile.modelref import load_model
+
+
+def test_probabilities(run: str, store: Store) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Softmax (N, C), labels (N,) and the drawings' store rows (N,) of the run's test split."""
+    loaded = load_model(run)
+    cfg = loaded.config
+    split = store.splits(SplitSpec(cfg.val_fraction, cfg.test_fraction, cfg.split_seed, cfg.max_per_class),
+                         cfg.classes)["test"]
+    if split.classes != loaded.labels:
+        raise QDMError(f"{run}: its classes differ from the store's")
+    logits, labels = logits_for_split(loaded.model, split)
+    return torch.softmax(torch.from_numpy(logits), dim=1).numpy(), labels, np.concatenate(split.rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="run folders made by qdm train")
+    parser.add_argument("--data", required=True, help="the store the runs were trained on")
+    args = parser.parse_args()
+    store = Store.open(args.data)
+    total, reference, reference_rows = None, None, None
+    for run in args.runs:
+        probs, labels, rows = test_probabilities(run, store)
+        if reference is not None and not (np.array_equal(labels, reference) and np.array_equal(rows, reference_rows)):
+            raise QDMError(f"{run}: its test split differs from {args.runs[0]}'s (different split options)")
+        reference, reference_rows = labels, rows
+        total = probs if total is None else total + probs
+        print(f"{run}: test top-1 {(probs.argmax(1) == labels).mean():.2%} ({len(labels):,} drawings)")
+    if len(args.runs) > 1:
+        print(f"average of the {len(args.runs)} softmaxes: test top-1 {(total.argmax(1) == reference).mean():.2%}")
+
+
+if __name__ == "__main__":
+    main()
