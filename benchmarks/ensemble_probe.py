@@ -15,20 +15,16 @@ import argparse
 import numpy as np
 import torch
 
-from quickdraw_mobile.data.store import SplitSpec, Store
 from quickdraw_mobile.errors import QDMError
+from quickdraw_mobile.export.calibration import run_splits
 from quickdraw_mobile.inference import logits_for_split
 from quickdraw_mobile.modelref import load_model
 
 
-def test_probabilities(run: str, store: Store) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def test_probabilities(run: str, data_dir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Softmax (N, C), labels (N,) and the drawings' store rows (N,) of the run's test split."""
     loaded = load_model(run)
-    cfg = loaded.config
-    split = store.splits(SplitSpec(cfg.val_fraction, cfg.test_fraction, cfg.split_seed, cfg.max_per_class),
-                         cfg.classes)["test"]
-    if split.classes != loaded.labels:
-        raise QDMError(f"{run}: its classes differ from the store's")
+    split = run_splits(loaded.source, data_dir)["test"]  # checks the store holds the run's classes, in order
     logits, labels = logits_for_split(loaded.model, split)
     return torch.softmax(torch.from_numpy(logits), dim=1).numpy(), labels, np.concatenate(split.rows)
 
@@ -38,10 +34,9 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", help="run folders made by qdm train")
     parser.add_argument("--data", required=True, help="the store the runs were trained on")
     args = parser.parse_args()
-    store = Store.open(args.data)
     total, reference, reference_rows = None, None, None
     for run in args.runs:
-        probs, labels, rows = test_probabilities(run, store)
+        probs, labels, rows = test_probabilities(run, args.data)
         if reference is not None and not (np.array_equal(labels, reference) and np.array_equal(rows, reference_rows)):
             raise QDMError(f"{run}: its test split differs from {args.runs[0]}'s (different split options)")
         reference, reference_rows = labels, rows

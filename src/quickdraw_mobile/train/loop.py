@@ -2,8 +2,9 @@
 
 Everything random is a function of the config's seed: the model init (torch's global RNG, seeded before the
 model is built), the batch order and augmentation (the loader derives them from seed, epoch and batch index),
-and dropout (torch's global RNG, saved in every checkpoint); the weight average, when on, is saved too. So a run interrupted at any step and resumed from
-``checkpoints/last.pt`` ends with the same weights as an uninterrupted run.
+and dropout (torch's global RNG, saved in every checkpoint); the weight average, when on, is saved too. So a
+run interrupted at any step and resumed from ``checkpoints/last.pt`` ends with the same weights as an
+uninterrupted run.
 """
 
 from __future__ import annotations
