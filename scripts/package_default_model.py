@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quickdraw_mobile.data.store import SplitSpec, Store
+from quickdraw_mobile.data.store import Store
 from quickdraw_mobile.fileio import write_bytes_atomic, write_json_atomic, write_text_atomic
 from quickdraw_mobile.train.config import load_config
 
@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("eval", type=Path)
     args = parser.parse_args()
     cfg = load_config(args.run / "config.yaml")
-    spec = SplitSpec(cfg.val_fraction, cfg.test_fraction, cfg.split_seed, cfg.max_per_class)
+    spec = cfg.split_spec()
     splits = Store.open(args.store).splits(spec, cfg.classes)
     labels = (args.run / "labels.txt").read_text().splitlines()
     assert splits["train"].classes == labels, "the store's classes differ from the run's labels"

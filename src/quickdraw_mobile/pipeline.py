@@ -181,7 +181,7 @@ def _fresh_dir(path: Path) -> Path:
 
 
 def stage_data(ctx: Context) -> dict:
-    from .data.store import SplitSpec, Store
+    from .data.store import Store
 
     source = _data_options(ctx.config)["source"]
     if source == "embedded":
@@ -196,7 +196,7 @@ def stage_data(ctx: Context) -> dict:
         store_dir = ingest(Path(source), ctx.out / "data").root
     store = Store.open(store_dir)
     train_cfg = _train_config(ctx.config)
-    spec = SplitSpec(train_cfg.val_fraction, train_cfg.test_fraction, train_cfg.split_seed, train_cfg.max_per_class)
+    spec = train_cfg.split_spec()
     splits = store.splits(spec, train_cfg.classes)
     return {"store": str(store_dir), "source": source, "classes": splits["train"].classes,
             "drawings": sum(store.counts[c] for c in splits["train"].classes),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.store import SplitSpec, Store
+from ..data.store import Store
 from ..errors import QDMError
 from ..fileio import write_json_atomic
 from ..inference import logits_for_split
@@ -28,7 +28,7 @@ def evaluate(model_ref: str | Path, data_dir: str | Path, out: str | Path, split
     if missing:
         raise QDMError(f"{data_dir}: lacks {len(missing)} of the model's classes (e.g. {missing[0]!r}); "
                        "evaluate on data with the same classes")
-    spec = SplitSpec(cfg.val_fraction, cfg.test_fraction, cfg.split_seed, cfg.max_per_class)
+    spec = cfg.split_spec()
     data = store.splits(spec, loaded.labels)[split]
     if data.classes != loaded.labels:
         raise QDMError(f"{data_dir}: class order differs from the model's labels.txt")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.store import Split, SplitSpec, Store, check_bitmap_array
+from ..data.store import Split, Store, check_bitmap_array
 from ..errors import QDMError
 from ..modelref import resolve_run_dir
 from ..train import checkpoint as ckpt
@@ -41,7 +41,7 @@ def run_splits(run_dir: Path, data_dir: str | Path) -> dict[str, Split]:
     if missing:
         raise QDMError(f"{data_dir}: lacks {len(missing)} of the model's classes (e.g. {missing[0]!r}); "
                        "use the data the model was trained on")
-    spec = SplitSpec(cfg.val_fraction, cfg.test_fraction, cfg.split_seed, cfg.max_per_class)
+    spec = cfg.split_spec()
     splits = store.splits(spec, labels)
     if splits["train"].classes != labels:
         raise QDMError(f"{data_dir}: class order differs from {run_dir / ckpt.LABELS}")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from ..data.store import SplitSpec
 from ..errors import QDMError
 from .mixing import MixConfig
 
@@ -80,6 +81,10 @@ class TrainConfig:
 
     def mixing(self) -> MixConfig:
         return MixConfig(self.mixup_alpha, self.cutmix_alpha, self.mix_prob)
+
+    def split_spec(self) -> SplitSpec:
+        """How this run splits a store; everything that needs the run's own splits goes through it."""
+        return SplitSpec(self.val_fraction, self.test_fraction, self.split_seed, self.max_per_class)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -24,7 +24,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from ..data.loader import AugmentConfig, BatchLoader
-from ..data.store import SplitSpec, Store
+from ..data.store import Store
 from ..errors import QDMError
 from ..fileio import write_json_atomic, write_text_atomic
 from ..inference import logits_for_split
@@ -129,7 +129,7 @@ def _train(cfg, data_dir, out, ctx, resume, progress, stop_after_steps, stop_req
     _configure_threads(cfg, ctx)
 
     store = Store.open(data_dir)
-    spec = SplitSpec(cfg.val_fraction, cfg.test_fraction, cfg.split_seed, cfg.max_per_class)
+    spec = cfg.split_spec()
     splits = store.splits(spec, cfg.classes)
     classes = splits["train"].classes
     if resume:
