@@ -115,6 +115,8 @@ def test_ema_follows_the_weights_step_by_step_and_is_what_gets_saved(tiny_store,
         assert torch.allclose(state["ema"]["module." + key].double(), value, atol=1e-5), key
         assert torch.equal(saved[key], state["ema"]["module." + key]), key  # the average is what was saved
     assert not all(torch.equal(saved[k], state["model"][k]) for k in expected)  # and it is not the raw weights
+    counters = [k for k, v in state["model"].items() if not v.is_floating_point()]  # BN's num_batches_tracked
+    assert counters and all(int(saved[k]) == int(state["model"][k]) == 12 for k in counters)  # copied, not averaged
 
 
 def test_existing_run_is_not_overwritten(tiny_store, tiny_run):
@@ -135,6 +137,8 @@ def test_bad_configs_and_data(tiny_store, tmp_path):
         TrainConfig(optimizer="adam")
     with pytest.raises(QDMError, match=r"ema_decay: expected \[0, 1\)"):
         TrainConfig(ema_decay=1.0)
+    with pytest.raises(QDMError, match=r"stretch: expected a fraction in \[0, 1\)"):
+        TrainConfig(stretch=-0.1)
     empty = Store.create(tmp_path / "empty")
     with pytest.raises(QDMError, match="no classes"):
         train(TrainConfig(**TINY), empty.root, tmp_path / "b", progress=False)

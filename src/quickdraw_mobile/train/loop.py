@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from ..data.loader import AugmentConfig, BatchLoader
+from ..data.loader import BatchLoader
 from ..data.store import Store
 from ..errors import QDMError
 from ..fileio import write_json_atomic, write_text_atomic
@@ -44,6 +44,21 @@ def lr_at(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -
     progress = (step - warmup) / max(1, total_steps - warmup)
     floor = cfg.lr * cfg.min_lr_ratio
     return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def ema_update(decay: float):
+    """torch's EMA step for floating-point tensors; integer buffers (BN's num_batches_tracked) are copied:
+    averaging a counter would truncate it."""
+    lerp = get_ema_multi_avg_fn(decay)
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        if averaged[0].is_floating_point():  # AveragedModel groups the tensors by dtype
+            lerp(averaged, current, n_averaged)
+        else:
+            for counter, value in zip(averaged, current, strict=True):
+                counter.copy_(value)
+
+    return update
 
 
 def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -153,14 +168,13 @@ def _train(cfg, data_dir, out, ctx, resume, progress, stop_after_steps, stop_req
         torch.set_rng_state(state["torch_rng"])
     net = torch.nn.parallel.DistributedDataParallel(model) if ctx.enabled else model
     # With EMA on, the averaged copy is what gets validated, picked as best and saved as the run's weights.
-    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+    ema = (AveragedModel(model, multi_avg_fn=ema_update(cfg.ema_decay), use_buffers=True)
            if cfg.ema_decay > 0 else None)
     if ema is not None and state is not None:
         ema.load_state_dict(state["ema"])
     eval_model = ema.module if ema is not None else model
 
-    augment = (AugmentConfig(cfg.rotation_deg, cfg.translate, (cfg.scale_min, cfg.scale_max), cfg.hflip)
-               if cfg.augment else None)
+    augment = cfg.augmentation()
     loader = BatchLoader(splits["train"], cfg.batch_size, shuffle=True, augment=augment, balanced=cfg.balanced,
                          seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size, drop_last=True,
                          channels_last=cfg.channels_last)
