@@ -250,11 +250,74 @@ def test_grid_matches_affine_grid():
                                F.affine_grid(theta, [32, 1, 28, 28], align_corners=False), atol=1e-6, rtol=0)
 
 
+def ink_boxes(x: torch.Tensor, level: float = -0.9) -> np.ndarray:
+    """Per-drawing (first row, last row, first column, last column) with a pixel above ``level`` (faint ink)."""
+    inked = (x[:, 0] > level).numpy()
+    rows, cols = inked.any(axis=2), inked.any(axis=1)
+    return np.stack([rows.argmax(1), 27 - rows[:, ::-1].argmax(1), cols.argmax(1), 27 - cols[:, ::-1].argmax(1)], 1)
+
+
+def test_reframe_undoes_shift_and_zoom_exactly(train):
+    x = normalize(train.gather(np.arange(0, len(train), 3))[0])
+    cfg = AugmentConfig(rotation_deg=0.0, translate=0.2, scale=(0.6, 1.4), reframe=True)
+    # The same draws without reframe do move the drawings: the fit is what brings them back.
+    assert (augment_batch(x, AugmentConfig(0.0, 0.2, (0.6, 1.4)), torch.Generator().manual_seed(5)) - x
+            ).abs().amax().item() > 1.0
+    torch.testing.assert_close(augment_batch(x, cfg, torch.Generator().manual_seed(5)), x, atol=1e-4, rtol=0)
+
+
+def test_reframed_drawings_keep_the_official_framing(train):
+    x = normalize(train.gather(np.arange(0, len(train), 2))[0])
+    before = ink_boxes(x)
+    assert (np.maximum(before[:, 1] - before[:, 0], before[:, 3] - before[:, 2]) == 25).mean() > 0.95
+    cfg = AugmentConfig(rotation_deg=15.0, translate=0.1, scale=(0.9, 1.1), hflip=True, stretch=0.2, reframe=True)
+    out = augment_batch(x, cfg, torch.Generator().manual_seed(6))
+    assert (out - x).abs().mean().item() > 0.05  # rotated, stretched, mirrored
+    after = ink_boxes(out)
+    longer = np.maximum(after[:, 1] - after[:, 0], after[:, 3] - after[:, 2])
+    assert np.abs(longer - 25).max() <= 2 and (longer == 25).mean() > 0.95  # pixel 1 to 26, give or take bilinear
+    # centred as before: the box centres move by at most a pixel
+    centre = lambda box: np.stack([box[:, 0] + box[:, 1], box[:, 2] + box[:, 3]], 1) / 2  # noqa: E731
+    assert np.abs(centre(after) - centre(before)).max() <= 1.0
+    # without reframe the same draws leave many drawings off that framing
+    moved = ink_boxes(augment_batch(x, AugmentConfig(15.0, 0.1, (0.9, 1.1), True, 0.2), torch.Generator().manual_seed(6)))
+    assert (np.maximum(moved[:, 1] - moved[:, 0], moved[:, 3] - moved[:, 2]) == 25).mean() < 0.5
+
+
+def test_reframe_leaves_blank_and_single_pixel_drawings_alone():
+    x = torch.full((3, 1, 28, 28), -1.0)
+    x[1, 0, 10, 12] = 1.0
+    out = augment_batch(x, AugmentConfig(rotation_deg=0.0, translate=0.2, reframe=True),
+                        torch.Generator().manual_seed(7))
+    assert torch.isfinite(out).all()
+    assert torch.equal(out[0], x[0]) and torch.equal(out[2], x[2])
+
+
+def test_stretch_changes_the_aspect_ratio_within_its_range():
+    cfg = AugmentConfig(rotation_deg=0.0, translate=0.0, scale=(1.0, 1.0), stretch=0.25)
+    theta = loader_module._random_affines(512, cfg, torch.Generator().manual_seed(8)).double()
+    forward = torch.linalg.inv(theta[:, :, :2])
+    sx, sy = forward[:, 0, 0], forward[:, 1, 1]
+    torch.testing.assert_close(forward[:, 0, 1].abs().max().item(), 0.0)
+    torch.testing.assert_close(sx * sy, torch.ones_like(sx))  # area kept
+    aspect = sx / sy
+    assert aspect.min() >= 1 / 1.25 - 1e-6 and aspect.max() <= 1.25 + 1e-6
+    assert aspect.min() < 1 / 1.2 and aspect.max() > 1.2
+    # the stretch is drawn after the other five draws: the rest of the affine is as without it
+    plain = loader_module._random_affines(512, AugmentConfig(hflip=True), torch.Generator().manual_seed(9))
+    stretched = loader_module._random_affines(512, AugmentConfig(hflip=True, stretch=0.25),
+                                              torch.Generator().manual_seed(9))
+    torch.testing.assert_close(torch.linalg.det(plain[:, :, :2]), torch.linalg.det(stretched[:, :, :2]))
+    assert not torch.allclose(plain, stretched)
+
+
 def test_bad_augment_config_is_rejected():
     with pytest.raises(QDMError, match="scale"):
         AugmentConfig(scale=(1.1, 0.9))
     with pytest.raises(QDMError, match="translate"):
         AugmentConfig(translate=1.5)
+    with pytest.raises(QDMError, match="stretch"):
+        AugmentConfig(stretch=1.0)
 
 
 # ------------------------------------------------------------------------------------------------ threads

@@ -173,11 +173,13 @@ TRAIN_OPTIONS = {  # CLI flag -> (type, help); each one overrides the config fil
     "cutmix_alpha": (float, "CutMix: Beta(alpha, alpha) share of a drawing kept, the rest pasted (0 = off)"),
     "mix_prob": (float, "share of batches mixed when mixup or CutMix is on"),
     "ema_decay": (float, "validate and save an EMA of the weights with this per-step decay (0 = off)"),
+    "stretch": (float, "augmentation: change the aspect ratio by up to this fraction either way"),
 }
 TRAIN_FLAGS = {  # boolean switches
     "bf16": "bfloat16 autocast",
     "balanced": "class-balanced sampling",
     "class_weights": "inverse-frequency class weights in the loss",
+    "reframe": "augmentation: refit each warped drawing to the official bitmaps' framing",
     "no_augment": "turn off the light affine augmentation",
 }
 
@@ -200,7 +202,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 overrides["model_kwargs"] = json.loads(args.model_kwargs)
             except json.JSONDecodeError as exc:
                 raise QDMError(f"--model-kwargs: expected a JSON object ({exc})") from exc
-        for flag in ("bf16", "balanced", "class_weights"):
+        for flag in ("bf16", "balanced", "class_weights", "reframe"):
             overrides[flag] = True if getattr(args, flag) else None
         overrides["augment"] = False if args.no_augment else None
         cfg = load_config(args.config, **overrides)

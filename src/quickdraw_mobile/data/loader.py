@@ -63,12 +63,19 @@ def normalize(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------- augmentation
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Small random affine per sample. Translation is a fraction of the image side."""
+    """Small random affine per sample. Translation is a fraction of the image side.
+
+    ``stretch`` changes the aspect ratio by up to that fraction either way (area kept). ``reframe`` puts each
+    warped drawing back into the framing of the official bitmaps (see ``_reframe``): the shift and zoom then
+    cancel out, and what varies is rotation, aspect ratio and mirroring, as between real drawings.
+    """
 
     rotation_deg: float = 10.0
     translate: float = 0.1
     scale: tuple[float, float] = (0.9, 1.1)
     hflip: bool = False  # off by default: some classes are not mirror-symmetric in how people draw them
+    stretch: float = 0.0
+    reframe: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.rotation_deg <= 180.0:
@@ -78,6 +85,8 @@ class AugmentConfig:
         low, high = self.scale
         if not 0.0 < low <= high:
             raise QDMError(f"scale: expected (low, high) with 0 < low <= high, got {self.scale}")
+        if not 0.0 <= self.stretch < 1.0:
+            raise QDMError(f"stretch: expected a fraction in [0, 1), got {self.stretch}")
 
 
 def _random_affines(batch: int, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
@@ -94,6 +103,11 @@ def _random_affines(batch: int, cfg: AugmentConfig, generator: torch.Generator) 
     theta = np.empty((batch, 2, 3))
     theta[:, 0] = np.stack([flip * cos, flip * sin, -flip * (cos * sx + sin * sy)], axis=1)
     theta[:, 1] = np.stack([-sin, cos, sin * sx - cos * sy], axis=1)
+    if cfg.stretch > 0:  # drawn after the fixed five, so runs without stretch keep their exact draws
+        v = torch.rand(batch, generator=generator, dtype=torch.float64).numpy()
+        root_aspect = np.exp((2 * v - 1) * math.log1p(cfg.stretch) / 2)  # x grows by it, y shrinks by it
+        theta[:, 0] /= root_aspect[:, None]
+        theta[:, 1] *= root_aspect[:, None]
     return torch.from_numpy(theta.astype(np.float32))
 
 
@@ -110,9 +124,46 @@ def _affine_grid(theta: torch.Tensor) -> torch.Tensor:
     return (theta.reshape(2 * batch, 3) @ _BASE_POINTS).view(batch, 2, SIDE, SIDE).permute(0, 2, 3, 1)
 
 
+def _ink_box(xs: torch.Tensor, ys: torch.Tensor, blank: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Per-sample extent (x_low, x_high, y_low, y_high), each (B,), of the points (xs, ys) not ``blank``."""
+    # masked_fill: torch.where with a Python scalar costs ~10x as much here
+    return (xs.masked_fill(blank, math.inf).amin(dim=1), xs.masked_fill(blank, -math.inf).amax(dim=1),
+            ys.masked_fill(blank, math.inf).amin(dim=1), ys.masked_fill(blank, -math.inf).amax(dim=1))
+
+
+def _reframe(theta: torch.Tensor, ink: torch.Tensor) -> torch.Tensor:
+    """``theta`` (output->input maps) composed with the fit that frames each warped drawing as it was framed.
+
+    Official bitmaps scale a drawing's bounding box into the frame (the longer side from pixel 1 to 26) and
+    centre it; a shift or zoom moves a drawing off that framing, which no test drawing has. Here the ink pixels
+    are mapped forward, and the box around where they land is scaled (aspect kept) and moved so that its longer
+    side and centre are those of the drawing's own box before the warp. Drawings with fewer than two distinct
+    ink positions keep ``theta``.
+    """
+    batch = len(theta)
+    blank = ink.reshape(batch, SIDE * SIDE) <= 0
+    xs, ys = _BASE_POINTS[0], _BASE_POINTS[1]  # pixel centres, (784,) each
+    a, b, c, d = (theta[:, i, j, None] for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)))  # input = [[a b] [c d]] out + t
+    det = a * d - b * c
+    dx, dy = xs - theta[:, 0, 2, None], ys - theta[:, 1, 2, None]
+    x0, x1, y0, y1 = _ink_box(xs.expand(batch, -1), ys.expand(batch, -1), blank)
+    u0, u1, v0, v1 = _ink_box((d * dx - b * dy) / det, (a * dy - c * dx) / det, blank)  # where the ink lands
+    side, new_side = torch.maximum(x1 - x0, y1 - y0), torch.maximum(u1 - u0, v1 - v0)
+    # output = ratio * (landed - new_centre) + centre, so input = linear @ (output - centre) / ratio + ...
+    ratio = side / new_side
+    centre = torch.stack([x0 + x1, y0 + y1], dim=1)[..., None] / 2
+    new_centre = torch.stack([u0 + u1, v0 + v1], dim=1)[..., None] / 2
+    linear = theta[:, :, :2]
+    framed = torch.cat([linear / ratio[:, None, None],
+                        theta[:, :, 2:] + linear @ (new_centre - centre / ratio[:, None, None])], dim=2)
+    keep = ~((side > 0) & (new_side > 0) & torch.isfinite(side))
+    return torch.where(keep[:, None, None], theta, framed)
+
+
 def _warp_ink(ink: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
     # On ink above background, grid_sample's zero padding is exactly "background moves in from outside".
-    grid = _affine_grid(_random_affines(len(ink), cfg, generator))
+    theta = _random_affines(len(ink), cfg, generator)
+    grid = _affine_grid(_reframe(theta, ink) if cfg.reframe else theta)
     return torch.nn.functional.grid_sample(ink, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..data.loader import AugmentConfig, BatchLoader
+from ..data.loader import BatchLoader
 from ..data.store import Split
 from ..errors import QDMError
 from ..train.config import TrainConfig
@@ -43,8 +43,7 @@ def fine_tune(model: torch.nn.Module, data: TrainingData, steps: int, lr: float,
         raise QDMError(f"fine-tune: expected steps >= 1 and lr > 0, got steps={steps}, lr={lr}")
     recipe = data.config
     cfg = recipe.updated(lr=lr, warmup_epochs=warmup, batch_size=batch_size)
-    augment = (AugmentConfig(cfg.rotation_deg, cfg.translate, (cfg.scale_min, cfg.scale_max), cfg.hflip)
-               if cfg.augment else None)
+    augment = cfg.augmentation()
     loader = BatchLoader(data.split, min(batch_size, len(data.split)), shuffle=True, augment=augment,
                          balanced=cfg.balanced, seed=seed, drop_last=True)
     optimizer = build_optimizer(cfg, model)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from ..data.loader import AugmentConfig
 from ..data.store import SplitSpec
 from ..errors import QDMError
 from .mixing import MixConfig
@@ -47,6 +48,8 @@ class TrainConfig:
     scale_min: float = 0.9
     scale_max: float = 1.1
     hflip: bool = False
+    stretch: float = 0.0  # aspect-ratio change, up to this fraction either way
+    reframe: bool = False  # refit each warped drawing to the official bitmaps' framing
     # batch mixing (see train.mixing): mixup and/or CutMix on a share mix_prob of the batches
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
@@ -75,9 +78,17 @@ class TrainConfig:
             raise QDMError(f"scale_min ({self.scale_min}) must not exceed scale_max ({self.scale_max})")
         if not 0.0 <= self.ema_decay < 1.0:
             raise QDMError(f"ema_decay: expected [0, 1) (0 turns it off), got {self.ema_decay}")
+        self.augmentation()  # validates the augmentation options
         self.mixing()  # validates the mixing options
         if not isinstance(self.model_kwargs, dict):
             raise QDMError("model_kwargs: expected a mapping of option: value")
+
+    def augmentation(self) -> AugmentConfig | None:
+        """The training batches' augmentation (None with ``augment`` off)."""
+        if not self.augment:
+            return None
+        return AugmentConfig(self.rotation_deg, self.translate, (self.scale_min, self.scale_max), self.hflip,
+                             self.stretch, self.reframe)
 
     def mixing(self) -> MixConfig:
         return MixConfig(self.mixup_alpha, self.cutmix_alpha, self.mix_prob)
