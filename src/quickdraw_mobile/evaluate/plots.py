@@ -86,6 +86,17 @@ def _descending(values: np.ndarray) -> np.ndarray:
     return np.argsort(-values, kind="stable")
 
 
+def _accuracy_x_axis(ax, right: float, ticks: int, xlabel: str, title: str, title_size: float) -> None:
+    """A 0..100% x axis for bar charts, with room past 100% (up to `right`) for the value labels."""
+    ax.set_xlim(0, right)
+    ax.set_xticks(np.linspace(0, 1, ticks))
+    ax.xaxis.set_major_formatter(PERCENT)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=title_size)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_axisbelow(True)
+
+
 def _draw_bars(ax, names: Sequence[str], values: Sequence[float], title: str, fontsize: float = 8) -> None:
     """Horizontal accuracy bars, first item at the top, each labelled with its value."""
     y = np.arange(len(values))[::-1]
@@ -93,13 +104,7 @@ def _draw_bars(ax, names: Sequence[str], values: Sequence[float], title: str, fo
     ax.set_yticks(y, [_short(n) for n in names], fontsize=fontsize)
     for yi, v in zip(y, values, strict=True):
         ax.text(min(v, 1.0) + 0.01, yi, f"{v:.1%}", va="center", fontsize=fontsize - 1)
-    ax.set_xlim(0, 1.12)
-    ax.set_xticks(np.linspace(0, 1, 6))
-    ax.xaxis.set_major_formatter(PERCENT)
-    ax.set_xlabel("accuracy")
-    ax.set_title(title, fontsize=10)
-    ax.grid(axis="x", alpha=0.3)
-    ax.set_axisbelow(True)
+    _accuracy_x_axis(ax, 1.12, 6, "accuracy", title, 10)
 
 
 def _tie_note(values: np.ndarray, chosen: np.ndarray) -> str:
@@ -152,6 +157,19 @@ def _unit_limits(*arrays: np.ndarray) -> tuple[float, float]:
 
 
 # ------------------------------------------------------------------------------------------------ plots
+def _square_unit_axes(ax, limits: tuple[float, float], xlabel: str, ylabel: str, title: str) -> None:
+    """Equal percent axes over the same range, so the diagonal means x = y; the title says where they start."""
+    low, high = limits
+    ax.set_xlim(low, high)
+    ax.set_ylim(low, high)
+    ax.set_aspect("equal")
+    ax.xaxis.set_major_formatter(PERCENT)
+    ax.yaxis.set_major_formatter(PERCENT)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title + (f" (axes start at {low:.0%})" if low > 0 else ""), fontsize=11)
+
+
 def plot_per_class_accuracy(metrics: dict, out: str | os.PathLike, max_bars: int = MAX_BARS) -> Path:
     """Per-class accuracy as sorted horizontal bars in tier colours; beyond ``max_bars`` classes, the extremes."""
     table = _class_table(metrics)
@@ -185,13 +203,7 @@ def plot_per_class_accuracy(metrics: dict, out: str | os.PathLike, max_bars: int
     ax.axvline(top1, color="black", linestyle="--", linewidth=1)
     ax.text(top1, slots - 0.3, f" overall top-1 {top1:.1%}", fontsize=7, va="bottom")
     ax.set_ylim(-0.7, slots + 0.4)
-    ax.set_xlim(0, 1.08)
-    ax.set_xticks(np.linspace(0, 1, 11))
-    ax.xaxis.set_major_formatter(PERCENT)
-    ax.set_xlabel("accuracy (share of the class's drawings classified correctly)")
-    ax.set_title(title, fontsize=11)
-    ax.grid(axis="x", alpha=0.3)
-    ax.set_axisbelow(True)
+    _accuracy_x_axis(ax, 1.08, 11, "accuracy (share of the class's drawings classified correctly)", title, 11)
     _tier_legend(ax, accuracy, loc="lower right")
     return _save(fig, out)
 
@@ -259,14 +271,8 @@ def plot_precision_recall_scatter(metrics: dict, out: str | os.PathLike, annotat
     ax.scatter(recall[worst], precision[worst], s=34, color=VERMILLION, edgecolors="black", linewidths=0.5,
                label=f"{len(worst)} lowest F1")
     _annotate(ax, recall, precision, names, worst, (low, high))
-    ax.set_xlim(low, high)
-    ax.set_ylim(low, high)
-    ax.set_aspect("equal")
-    ax.xaxis.set_major_formatter(PERCENT)
-    ax.yaxis.set_major_formatter(PERCENT)
-    ax.set_xlabel("recall (= per-class accuracy)")
-    ax.set_ylabel("precision (share of predictions of the class that are right)")
-    ax.set_title("Precision vs recall per class" + (f" (axes start at {low:.0%})" if low > 0 else ""), fontsize=11)
+    _square_unit_axes(ax, (low, high), "recall (= per-class accuracy)",
+                      "precision (share of predictions of the class that are right)", "Precision vs recall per class")
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=3)
     ax.grid(alpha=0.3)
     return _save(fig, out)
@@ -286,14 +292,7 @@ def plot_f1_vs_accuracy(metrics: dict, out: str | os.PathLike, annotate: int = 6
     ax.scatter(accuracy, f1, s=22, c=[_tier_color(a) for a in accuracy], alpha=0.85, edgecolors="white",
                linewidths=0.5)
     _annotate(ax, accuracy, f1, names, farthest, (low, high))
-    ax.set_xlim(low, high)
-    ax.set_ylim(low, high)
-    ax.set_aspect("equal")
-    ax.xaxis.set_major_formatter(PERCENT)
-    ax.yaxis.set_major_formatter(PERCENT)
-    ax.set_xlabel("accuracy (= recall)")
-    ax.set_ylabel("F1")
-    ax.set_title("F1 vs accuracy per class" + (f" (axes start at {low:.0%})" if low > 0 else ""), fontsize=11)
+    _square_unit_axes(ax, (low, high), "accuracy (= recall)", "F1", "F1 vs accuracy per class")
     ax.text(0.98, 0.03, "below the diagonal: precision < recall\n(other classes are often predicted as it)",
             transform=ax.transAxes, ha="right", va="bottom", fontsize=8, color=GREY)
     ax.grid(alpha=0.3)
