@@ -156,7 +156,6 @@ def _unit_limits(*arrays: np.ndarray) -> tuple[float, float]:
     return max(0.0, math.floor((low - 0.02) * 10) / 10), 1.01
 
 
-# ------------------------------------------------------------------------------------------------ plots
 def _square_unit_axes(ax, limits: tuple[float, float], xlabel: str, ylabel: str, title: str) -> None:
     """Equal percent axes over the same range, so the diagonal means x = y; the title says where they start."""
     low, high = limits
@@ -168,8 +167,10 @@ def _square_unit_axes(ax, limits: tuple[float, float], xlabel: str, ylabel: str,
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title + (f" (axes start at {low:.0%})" if low > 0 else ""), fontsize=11)
+    ax.grid(alpha=0.3)
 
 
+# ------------------------------------------------------------------------------------------------ plots
 def plot_per_class_accuracy(metrics: dict, out: str | os.PathLike, max_bars: int = MAX_BARS) -> Path:
     """Per-class accuracy as sorted horizontal bars in tier colours; beyond ``max_bars`` classes, the extremes."""
     table = _class_table(metrics)
@@ -274,7 +275,6 @@ def plot_precision_recall_scatter(metrics: dict, out: str | os.PathLike, annotat
     _square_unit_axes(ax, (low, high), "recall (= per-class accuracy)",
                       "precision (share of predictions of the class that are right)", "Precision vs recall per class")
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=3)
-    ax.grid(alpha=0.3)
     return _save(fig, out)
 
 
@@ -295,7 +295,6 @@ def plot_f1_vs_accuracy(metrics: dict, out: str | os.PathLike, annotate: int = 6
     _square_unit_axes(ax, (low, high), "accuracy (= recall)", "F1", "F1 vs accuracy per class")
     ax.text(0.98, 0.03, "below the diagonal: precision < recall\n(other classes are often predicted as it)",
             transform=ax.transAxes, ha="right", va="bottom", fontsize=8, color=GREY)
-    ax.grid(alpha=0.3)
     _tier_legend(ax, accuracy, loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=4)
     return _save(fig, out)
 
