@@ -3,7 +3,7 @@
 # (configs/default_model.yaml with blocks 2+2 and a 10% validation split) with a few options changed, trained for
 # 10 epochs with 1 thread, two at a time (on 2 cores, two 1-thread runs get about the samples/s of one 2-thread
 # run). Prints each variant's best validation top-1; the test split is not looked at. About 23 minutes a pair.
-#   bash benchmarks/recipe_proxies.sh [OUT]        (default OUT: runs/recipe)
+#   bash benchmarks/recipe_proxies.sh [OUT [VARIANT ...]]    (default OUT: runs/recipe; default: every variant)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 QDM=.venv/bin/qdm
@@ -13,13 +13,19 @@ STORE="runs/default_model/store"  # the store scripts/train_default_model.sh bui
 mkdir -p "$OUT"
 B22='{"dropout": 0.2, "blocks": [2, 2]}'
 B13='{"dropout": 0.2, "blocks": [1, 3]}'
-VARIANTS=(base10 b13_10 b13_sgd10 b13_cutmix10)
+B22_POOL='{"dropout": 0.2, "blocks": [2, 2], "pool": "learned"}'
+B13_POOL='{"dropout": 0.2, "blocks": [1, 3], "pool": "learned"}'
+VARIANTS=(base10 b13_10 b13_sgd10 b13_cutmix10 pool10 b13_pool10)
+[ $# -gt 1 ] && VARIANTS=("${@:2}")
 options() {  # variant -> OPTS, the options it changes
   case "$1" in
     base10) OPTS=(--model-kwargs "$B22") ;;
     b13_10) OPTS=(--model-kwargs "$B13") ;;
     b13_sgd10) OPTS=(--model-kwargs "$B13" --optimizer sgd --lr 0.1 --weight-decay 0.0005) ;;
     b13_cutmix10) OPTS=(--model-kwargs "$B13" --cutmix-alpha 1.0 --mix-prob 0.5) ;;
+    pool10) OPTS=(--model-kwargs "$B22_POOL") ;;
+    b13_pool10) OPTS=(--model-kwargs "$B13_POOL") ;;
+    *) echo "unknown variant $1" >&2; exit 2 ;;
   esac
 }
 run() {  # one variant; skipped when its run folder is complete

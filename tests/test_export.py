@@ -35,10 +35,10 @@ from quickdraw_mobile.train import checkpoint as ckpt
 from quickdraw_mobile.train.config import TrainConfig
 
 
-def random_run(root: Path, name: str) -> Path:
-    """A run folder holding model ``name`` (small configuration) with seeded random weights."""
+def random_run(root: Path, name: str, options: dict | None = None) -> Path:
+    """A run folder holding model ``name`` (small configuration, or ``options``) with seeded random weights."""
     torch.manual_seed(0)
-    options = SMALL_MODEL_OPTIONS.get(name, {})
+    options = SMALL_MODEL_OPTIONS.get(name, {}) if options is None else options
     model = create_model(name, len(TINY_CLASSES), **options)
     root.mkdir(parents=True)
     cfg = TrainConfig(model=name, model_kwargs=options, max_per_class=200)
@@ -88,6 +88,14 @@ def test_trained_model_int8_export_agrees_and_is_smaller(fmt, tiny_run, tiny_sto
         assert int8["export"]["not_delegated_ops"] == {}
         assert int8["export"]["delegated_ops"]["aten::convolution"] == 7
         assert int8["export"]["delegated_ops"]["quantized_decomposed::quantize_per_tensor"] > 0
+
+
+def test_cnn_with_learned_pool_is_one_int8_delegate(tiny_store, tmp_path):
+    run = random_run(tmp_path / "run", "cnn", {"width": 8, "blocks": [1, 1], "pool": "learned"})
+    meta = export_model(run, "pte", "int8", tmp_path / "int8.pte", data_dir=tiny_store, calib=64)
+    assert meta["export"]["not_delegated_ops"] == {}
+    assert meta["export"]["delegated_ops"]["aten::convolution"] == 8  # stem, 2 x (down + 2 in the block), pool
+    assert meta["verification"]["top1_agreement"] >= 0.9
 
 
 @pytest.mark.parametrize("fmt", ["pte", "onnx"])

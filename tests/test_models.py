@@ -65,6 +65,7 @@ def test_unknown_option_is_named_with_a_suggestion():
         ("cnn", dict(width=0), "width"),
         ("cnn", dict(blocks=(1,)), "blocks"),
         ("cnn", dict(dropout=1.5), "dropout"),
+        ("cnn", dict(pool="max"), "pool"),
         ("vit_tiny", dict(embed_dim=50, num_heads=3), "embed_dim"),
         ("vit_tiny", dict(patch_size=5), "patch_size"),
         ("sketchcnn", dict(hidden=-1), "hidden"),
@@ -82,7 +83,7 @@ def test_bad_num_classes():
 
 
 def test_model_options_lists_defaults():
-    assert model_options("cnn") == {"width": 32, "blocks": (2, 2), "dropout": 0.1}
+    assert model_options("cnn") == {"width": 32, "blocks": (2, 2), "dropout": 0.1, "pool": "avg"}
 
 
 def test_register_model_rejects_duplicates_and_hidden_options():
@@ -182,13 +183,25 @@ def test_default_cnn_budget_and_resolutions():
     assert maps == [(64, 14, 14), (128, 7, 7)]
 
 
-def test_cnn_uses_only_int8_friendly_modules():
+@pytest.mark.parametrize("pool", ["avg", "learned"])
+def test_cnn_uses_only_int8_friendly_modules(pool):
     allowed = (CNN, ResidualBlock, nn.Sequential, nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.AdaptiveAvgPool2d)
     allowed += (nn.Dropout, nn.Linear)
-    model = create_model("cnn", NUM_CLASSES)
+    model = create_model("cnn", NUM_CLASSES, pool=pool)
     assert all(isinstance(m, allowed) for m in model.modules())
     # every conv feeds a BN (foldable), so it has no bias of its own
     assert all(m.bias is None for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
+def test_cnn_learned_pool_starts_as_the_average_and_adds_one_weight_per_channel_and_position():
+    avg, learned = create_model("cnn", NUM_CLASSES), create_model("cnn", NUM_CLASSES, pool="learned").eval()
+    chs = 128
+    assert count_params(learned) - count_params(avg) == chs * 7 * 7 + 2 * chs  # depthwise 7x7 + its BN
+    assert count_macs(learned) - count_macs(avg) == chs * 7 * 7
+    features = learned.stages(learned.stem(drawing_batch(3)))
+    pooled = learned.pool[0](features).flatten(1)  # the conv before its (still identity) BN
+    assert torch.allclose(pooled, features.mean((2, 3)), atol=1e-5)
+    assert learned(drawing_batch(3)).shape == (3, NUM_CLASSES)
 
 
 def test_vit_tiny_parameter_count():

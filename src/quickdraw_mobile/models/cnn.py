@@ -5,7 +5,10 @@ Layout at 28x28 input, ``width`` = w (default 32):
     stem     3x3 conv 1 -> w                  28x28   (one cheap conv: full resolution only where channels are few)
     stage 1  3x3 conv stride 2, w -> 2w       14x14   + ``blocks[0]`` residual blocks of two 3x3 convs
     stage 2  3x3 conv stride 2, 2w -> 4w       7x7    + ``blocks[1]`` residual blocks
-    head     global average pool -> dropout -> linear 4w -> num_classes
+    head     pool 7x7 -> 1x1 -> dropout -> linear 4w -> num_classes
+             ``pool="avg"``: global average; ``pool="learned"``: a 7x7 depthwise conv + BN (one weight per channel
+             and position, started as the average): where a stroke sits in the frame can count, as the official
+             bitmaps are all framed the same way
 
 Why it looks like this:
 - Only Conv-BN-ReLU, residual add, average pool and linear: every op has an XNNPACK INT8 kernel, each BN folds
@@ -49,11 +52,28 @@ class ResidualBlock(nn.Module):
         return self.relu(x + self.conv2(self.conv1(x)))
 
 
+FINAL_SIZE = 7  # 28x28 after two stride-2 stages
+POOLS = ("avg", "learned")
+
+
+def learned_pool(chs: int, size: int) -> nn.Sequential:
+    """Depthwise ``size``x``size`` conv without padding (one output position) + BN, started as the average pool;
+    BN folds into the conv on export, so it costs one depthwise conv."""
+    conv = nn.Conv2d(chs, chs, size, groups=chs, bias=False)
+    nn.init.constant_(conv.weight, 1.0 / size**2)
+    return nn.Sequential(conv, nn.BatchNorm2d(chs))
+
+
 class CNN(nn.Module):
     """Stem at 28x28, then one stage per entry of ``blocks`` (stride-2 conv doubling the width + residual blocks)."""
 
     def __init__(
-        self, num_classes: int, width: int = 32, blocks: tuple[int, int] = (2, 2), dropout: float = 0.1
+        self,
+        num_classes: int,
+        width: int = 32,
+        blocks: tuple[int, int] = (2, 2),
+        dropout: float = 0.1,
+        pool: str = "avg",
     ):
         super().__init__()
         self.stem = conv_bn(1, width)
@@ -68,11 +88,11 @@ class CNN(nn.Module):
             )
             in_chs = out_chs
         self.stages = nn.Sequential(*stages)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = nn.AdaptiveAvgPool2d(1) if pool == "avg" else learned_pool(in_chs, FINAL_SIZE)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(in_chs, num_classes)
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
+            if isinstance(m, nn.Conv2d) and m.groups == 1:
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -80,7 +100,9 @@ class CNN(nn.Module):
         return self.head(self.dropout(self.pool(x).flatten(1)))
 
 
-def _build(num_classes: int, width: int, blocks: tuple[int, ...] | list[int], dropout: float) -> CNN:
+def _build(
+    num_classes: int, width: int, blocks: tuple[int, ...] | list[int], dropout: float, pool: str
+) -> CNN:
     check_positive("width", width)
     if (
         not isinstance(blocks, tuple | list)
@@ -91,18 +113,30 @@ def _build(num_classes: int, width: int, blocks: tuple[int, ...] | list[int], dr
             f"model option blocks: expected two non-negative integers (14x14 and 7x7 stages), got {blocks!r}"
         )
     check_fraction("dropout", dropout)
-    return CNN(num_classes, width=width, blocks=tuple(blocks), dropout=dropout)
+    if pool not in POOLS:
+        raise QDMError(f"model option pool: expected one of {', '.join(POOLS)}, got {pool!r}")
+    return CNN(num_classes, width=width, blocks=tuple(blocks), dropout=dropout, pool=pool)
 
 
 @register_model
-def cnn(num_classes: int, width: int = 32, blocks: tuple[int, int] = (2, 2), dropout: float = 0.1) -> CNN:
+def cnn(
+    num_classes: int,
+    width: int = 32,
+    blocks: tuple[int, int] = (2, 2),
+    dropout: float = 0.1,
+    pool: str = "avg",
+) -> CNN:
     """The default: width 32 (channels 32/64/128), two residual blocks at 14x14 and two at 7x7."""
-    return _build(num_classes, width, blocks, dropout)
+    return _build(num_classes, width, blocks, dropout, pool)
 
 
 @register_model
 def cnn_small(
-    num_classes: int, width: int = 32, blocks: tuple[int, int] = (1, 1), dropout: float = 0.1
+    num_classes: int,
+    width: int = 32,
+    blocks: tuple[int, int] = (1, 1),
+    dropout: float = 0.1,
+    pool: str = "avg",
 ) -> CNN:
     """Half the blocks of ``cnn``: about half the parameters and MACs, for the fastest phones and quick runs."""
-    return _build(num_classes, width, blocks, dropout)
+    return _build(num_classes, width, blocks, dropout, pool)
