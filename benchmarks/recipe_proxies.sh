@@ -28,6 +28,7 @@ options() {  # variant -> OPTS, the options it changes
     *) echo "unknown variant $1" >&2; exit 2 ;;
   esac
 }
+for v in "${VARIANTS[@]}"; do options "$v"; done  # an unknown name stops here, not inside a background run
 run() {  # one variant; skipped when its run folder is complete
   [ -f "$OUT/$1/train_summary.json" ] && return
   rm -rf "${OUT:?}/$1"
