@@ -16,7 +16,7 @@ B22='{"dropout": 0.2, "blocks": [2, 2]}'
 B13='{"dropout": 0.2, "blocks": [1, 3]}'
 B22_POOL='{"dropout": 0.2, "blocks": [2, 2], "pool": "learned"}'
 B13_POOL='{"dropout": 0.2, "blocks": [1, 3], "pool": "learned"}'
-VARIANTS=(base10 b13_10 b13_sgd10 b13_cutmix10 pool10 b13_pool10)
+VARIANTS=(base10 b13_10 b13_sgd10 b13_cutmix10 pool10 b13_pool10 mixema10)
 [ $# -gt 1 ] && VARIANTS=("${@:2}")
 options() {  # variant -> OPTS, the options it changes
   case "$1" in
@@ -26,6 +26,7 @@ options() {  # variant -> OPTS, the options it changes
     b13_cutmix10) OPTS=(--model-kwargs "$B13" --cutmix-alpha 1.0 --mix-prob 0.5) ;;
     pool10) OPTS=(--model-kwargs "$B22_POOL") ;;
     b13_pool10) OPTS=(--model-kwargs "$B13_POOL") ;;
+    mixema10) OPTS=(--model-kwargs "$B22" --mixup-alpha 0.2 --mix-prob 0.5 --ema-decay 0.999 --ema-warmup) ;;
     *) echo "unknown variant $1" >&2; exit 2 ;;
   esac
 }

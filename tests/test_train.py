@@ -93,11 +93,13 @@ def test_mixed_run_resumes_bit_exactly(tiny_store, tiny_run, tmp_path):
     assert not all(torch.equal(reference[k], plain[k]) for k in reference)  # the loop really mixed
 
 
-def test_ema_follows_the_weights_step_by_step_and_is_what_gets_saved(tiny_store, tmp_path):
+@pytest.mark.parametrize("warmup", [False, True])
+def test_ema_follows_the_weights_step_by_step_and_is_what_gets_saved(tiny_store, tmp_path, warmup):
     # One step per call (each a resume), so the raw weights after every step can be read from last.pt and the
-    # average computed by hand: e_1 = w_1, e_t = d * e_(t-1) + (1 - d) * w_t, over parameters and BN statistics.
+    # average computed by hand: e_1 = w_1, e_t = d_t * e_(t-1) + (1 - d_t) * w_t, over parameters and BN
+    # statistics, with d_t = 0.8, or with warm-up min(0.8, t / (9 + t)) (0.18, 0.25, ... up to 0.8 from t = 36).
     decay, out = 0.8, tmp_path / "run"
-    cfg = TrainConfig(**{**TINY, "epochs": 1, "ema_decay": decay})
+    cfg = TrainConfig(**{**TINY, "epochs": 1, "ema_decay": decay, "ema_warmup": warmup})
     done = train(cfg, tiny_store, out, progress=False, stop_after_steps=1)["complete"]
     expected, averaged = None, 0
     while True:
@@ -105,7 +107,8 @@ def test_ema_follows_the_weights_step_by_step_and_is_what_gets_saved(tiny_store,
         if int(state["ema"]["n_averaged"]) > averaged:  # this call made a step (the last one may only validate)
             averaged += 1
             raw = {k: v.double() for k, v in state["model"].items() if v.is_floating_point()}
-            expected = raw if expected is None else {k: decay * expected[k] + (1 - decay) * raw[k] for k in raw}
+            d = min(decay, averaged / (9 + averaged)) if warmup else decay
+            expected = raw if expected is None else {k: d * expected[k] + (1 - d) * raw[k] for k in raw}
         if done:
             break
         done = train(None, tiny_store, out, resume=True, progress=False, stop_after_steps=1)["complete"]

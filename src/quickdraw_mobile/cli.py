@@ -180,6 +180,7 @@ TRAIN_FLAGS = {  # boolean switches
     "balanced": "class-balanced sampling",
     "class_weights": "inverse-frequency class weights in the loss",
     "reframe": "augmentation: refit each warped drawing to the official bitmaps' framing",
+    "ema_warmup": "EMA: decay min(ema_decay, (1 + n) / (10 + n)) at update n, so it soon forgets the initial weights",
     "no_augment": "turn off the light affine augmentation",
 }
 
@@ -202,7 +203,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 overrides["model_kwargs"] = json.loads(args.model_kwargs)
             except json.JSONDecodeError as exc:
                 raise QDMError(f"--model-kwargs: expected a JSON object ({exc})") from exc
-        for flag in ("bf16", "balanced", "class_weights", "reframe"):
+        for flag in TRAIN_FLAGS.keys() - {"no_augment"}:
             overrides[flag] = True if getattr(args, flag) else None
         overrides["augment"] = False if args.no_augment else None
         cfg = load_config(args.config, **overrides)

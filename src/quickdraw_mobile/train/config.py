@@ -57,6 +57,7 @@ class TrainConfig:
     # weight averaging: validate and save an exponential moving average of the weights (and BN statistics),
     # updated after every step with this decay; 0 = off (the raw weights are validated and saved)
     ema_decay: float = 0.0
+    ema_warmup: bool = False  # start the decay low and raise it to ema_decay (see train.loop.ema_decay_at)
     # execution
     seed: int = 0
     bf16: bool = False  # bfloat16 autocast for the forward pass
