@@ -3,8 +3,8 @@
 # (configs/default_model.yaml with blocks 2+2 and a 10% validation split, without the mixup and EMA it gained later:
 # an EMA of decay 0.999 still carries the first steps' weights after 10 epochs) with a few options changed, trained for
 # 10 epochs with 1 thread, two at a time (on 2 cores, two 1-thread runs get about the samples/s of one 2-thread
-# run). Prints each variant's best validation top-1; the test split is not looked at. About 23 minutes a pair on
-# a 2-core Intel Xeon machine, 47 on a 2-core AMD EPYC one (300-400 samples/s per run).
+# run). Prints each variant's best validation top-1; the test split is not looked at. About 45 minutes a pair
+# on a 2-core AMD EPYC machine (300-400 samples/s per run).
 #   bash benchmarks/recipe_proxies.sh [OUT [VARIANT ...]]    (default OUT: runs/recipe; default: every variant)
 set -euo pipefail
 cd "$(dirname "$0")/.."
