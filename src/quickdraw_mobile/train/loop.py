@@ -53,7 +53,7 @@ def ema_decay_at(decay: float, warmup: bool, n_averaged: int) -> float:
     return min(decay, (1 + n_averaged) / (10 + n_averaged)) if warmup else decay
 
 
-def ema_update(decay: float, warmup: bool = False):
+def ema_update(decay: float, warmup: bool):
     """torch's EMA step for floating-point tensors; integer buffers (BN's num_batches_tracked) are copied:
     averaging a counter would truncate it."""
 
