@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from quickdraw_mobile.bench.latency import latency, peak_gmacs, throughput, time_calls
+from quickdraw_mobile.bench.latency import conv_peak_gmacs, latency, peak_gmacs, throughput, time_calls
 from quickdraw_mobile.bench.memory import peak_memory
 from quickdraw_mobile.bench.report import markdown_table
 from quickdraw_mobile.bench.runner import run_bench
@@ -78,7 +79,11 @@ def test_timing_helpers_count_and_order():
     assert stats["p50_ms"] <= stats["p95_ms"] and stats["runs"] == 20
     thr = throughput(lambda x: x * 2, np.zeros((8, 3)), runs=5, warmup=1)
     assert thr["images_per_s"] == pytest.approx(8 / (thr["ms_per_batch"] / 1e3))
+    threads = torch.get_num_threads()
     assert peak_gmacs(1, size=128, repeats=2) > 0
+    assert peak_gmacs(1, size=128, repeats=2, dtype="bfloat16") > 0
+    assert conv_peak_gmacs(1, channels=16, batch=2, repeats=2) > 0
+    assert torch.get_num_threads() == threads  # the peaks restore the thread count they change
 
 
 def test_memory_process_reports_and_fails_clearly(tiny_run, tmp_path):

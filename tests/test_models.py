@@ -13,6 +13,7 @@ from quickdraw_mobile.errors import QDMError
 from quickdraw_mobile.models import (
     count_macs,
     count_params,
+    count_train_macs,
     create_model,
     describe,
     list_models,
@@ -283,6 +284,16 @@ def test_count_macs_and_params_by_hand():
     assert info["params"] == count_params(model)
     assert info["macs"] == conv + down + matmuls + fc
     assert info["size_mb"] == pytest.approx(info["params"] * 4 / 1e6)
+
+
+def test_count_train_macs_by_hand():
+    hidden, classes = 16, 5
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, hidden), nn.ReLU(), nn.Linear(hidden, classes)).eval()
+    first, last = 784 * hidden, hidden * classes
+    # forward: both layers; backward: both weight gradients, and the input gradient of the last layer only
+    assert count_train_macs(model, batch=3) == 2 * first + 3 * last
+    assert not model.training
+    assert all(p.grad is None for p in model.parameters())
 
 
 def test_count_macs_for_the_cnn_by_hand():

@@ -1,9 +1,10 @@
-"""Timing one model call: single-image latency percentiles, batch throughput, and the machine's fp32 peak.
+"""Timing one model call: single-image latency percentiles, batch throughput, and the machine's matmul peak.
 
 Every measurement warms up first (allocators, kernel selection, weight packing), then times each call on its own
 with ``perf_counter``. Percentiles rather than means: on a shared machine the tail is noise from other processes,
-the median is the model. The peak is what the same thread count gets from a large fp32 matrix multiply (the best
-case for a CPU), in multiply-accumulates per second, so a model's achieved GMAC/s can be read against it.
+the median is the model. The peak is what the same thread count gets from a large matrix multiply (fp32, or bf16
+as under autocast: the best case for a CPU), in multiply-accumulates per second, so a model's achieved GMAC/s can
+be read against it.
 """
 
 from __future__ import annotations
@@ -42,15 +43,37 @@ def throughput(run: RunFn, batch: np.ndarray, runs: int = 20, warmup: int = 3) -
             "runs": runs}
 
 
-def peak_gmacs(threads: int, size: int = 1024, repeats: int = 10) -> float:
-    """GMAC/s of the best of ``repeats`` fp32 ``size`` x ``size`` matmuls on ``threads`` torch threads."""
+def _best_seconds(threads: int, call: Callable[[], object], repeats: int) -> float:
+    """The fastest of ``repeats`` timed ``call()`` on ``threads`` torch threads (after two untimed ones)."""
     import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        a, b = torch.randn(size, size), torch.randn(size, size)
-        best = time_calls(lambda _: torch.mm(a, b), a.numpy(), repeats, warmup=2).min()
+        return float(time_calls(lambda _: call(), np.empty(0), repeats, warmup=2).min())
     finally:
         torch.set_num_threads(before)
-    return size**3 / best / 1e9  # size^3 multiply-accumulates (2 * size^3 FLOPs)
+
+
+def peak_gmacs(threads: int, size: int = 1024, repeats: int = 10, dtype: str = "float32") -> float:
+    """GMAC/s of the best of ``repeats`` ``size`` x ``size`` matmuls of ``dtype`` (a torch dtype name: float32,
+    bfloat16) on ``threads`` torch threads."""
+    import torch
+
+    a, b = (torch.randn(size, size, dtype=getattr(torch, dtype)) for _ in range(2))
+    return size**3 / _best_seconds(threads, lambda: torch.mm(a, b), repeats) / 1e9  # size^3 MACs (2 size^3 FLOPs)
+
+
+def conv_peak_gmacs(threads: int, channels: int = 256, size: int = 7, batch: int = 64, repeats: int = 10,
+                    dtype: str = "float32") -> float:
+    """GMAC/s of the best of ``repeats`` dense 3x3 convolutions (``channels`` in and out, ``size`` x ``size``,
+    channels_last, inference) of ``dtype``. On some CPUs the convolution library (oneDNN) gets more out of the
+    cores than the matmul one (``benchmarks/bench_train.py`` prints both), so a CNN is better read against this."""
+    import torch
+
+    conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False).to(getattr(torch, dtype))
+    conv = conv.to(memory_format=torch.channels_last)
+    x = torch.randn(batch, channels, size, size, dtype=getattr(torch, dtype)).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        seconds = _best_seconds(threads, lambda: conv(x), repeats)
+    return batch * channels * channels * 9 * size * size / seconds / 1e9

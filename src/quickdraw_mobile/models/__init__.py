@@ -4,12 +4,13 @@
 """
 
 from . import cnn, mobilenetv3, mobilevit, sketchcnn, vit  # noqa: F401  (registers the models)
-from .profile import count_macs, count_params, describe
+from .profile import count_macs, count_params, count_train_macs, describe
 from .registry import create_model, list_models, model_options, register_model
 
 __all__ = [
     "count_macs",
     "count_params",
+    "count_train_macs",
     "create_model",
     "describe",
     "list_models",

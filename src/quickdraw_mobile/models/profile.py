@@ -1,4 +1,5 @@
-"""Size and cost of a model for one 1x28x28 input: parameters, multiply-accumulates (MACs), fp32 size.
+"""Size and cost of a model for one 1x28x28 input: parameters, multiply-accumulates (MACs) of inference and of a
+training step, fp32 size.
 
 MACs are counted by ``torch.utils.flop_counter.FlopCounterMode`` over one eager forward pass: the multiply-adds of
 convolutions, linear layers and matmuls (FLOPs / 2). Biases, normalization, activations, pooling and adds are not
@@ -31,6 +32,26 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...] = INPUT_SHAPE) -> 
     finally:
         model.train(was_training)
     return counter.get_total_flops() // 2
+
+
+def count_train_macs(model: nn.Module, batch: int = 2) -> int:
+    """Multiply-accumulates of one training step (forward and backward, in train mode) per drawing, as counted on a
+    zero batch of ``batch``. The backward pass computes each layer's weight gradient and, for every layer but the
+    first, its input's gradient, so the step comes to a little under three forwards. The model's gradients are left
+    as they were."""
+    param = next(model.parameters())
+    x = torch.zeros((batch, *INPUT_SHAPE[1:]), device=param.device)
+    saved = [p.grad for p in model.parameters()]
+    was_training = model.training
+    model.train()
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model(x).sum().backward()
+    finally:
+        model.train(was_training)
+        for p, grad in zip(model.parameters(), saved, strict=True):
+            p.grad = grad
+    return counter.get_total_flops() // 2 // batch
 
 
 def describe(model: nn.Module) -> dict[str, int | float]:
