@@ -12,13 +12,15 @@ the bf16/fp32 step ratio. Last, the compute those steps achieve (multiply-accumu
 times samples/s) against the most the machine showed in fp32 and bf16 (a large matmul, a dense 3x3 convolution),
 and what 5x the plain loop would take.
 
-    python benchmarks/bench_train.py [--store DIR] [--per-class 300] [--plain-batches 30] [--no-step]
+    python benchmarks/bench_train.py [--store DIR] [--per-class 300] [--plain-batches 30] [--model-kwargs JSON]
+                                     [--no-step]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -55,19 +57,20 @@ class OneAtATime(torch.utils.data.Dataset):
         return self.transform(image), int(label[0])
 
 
-def default_recipe() -> dict:
-    return yaml.safe_load((REPO / "configs" / "default_model.yaml").read_text())
+def load_recipe(model_kwargs: dict) -> dict:
+    """The default model's training config, with ``model_kwargs`` laid over its model options."""
+    recipe = yaml.safe_load((REPO / "configs" / "default_model.yaml").read_text())
+    return {**recipe, "model_kwargs": {**recipe.get("model_kwargs", {}), **model_kwargs}}
 
 
-def default_model(num_classes: int) -> torch.nn.Module:
-    """The default model's architecture, freshly initialized (seeded), as both loops train it."""
+def fresh_model(recipe: dict, num_classes: int) -> torch.nn.Module:
+    """The recipe's architecture, freshly initialized (seeded), as both loops train it."""
     torch.manual_seed(0)
-    recipe = default_recipe()
-    return create_model(recipe["model"], num_classes=num_classes, **recipe.get("model_kwargs", {}))
+    return create_model(recipe["model"], num_classes=num_classes, **recipe["model_kwargs"])
 
 
-def plain_loop(split, batches: int) -> float:
-    model = default_model(len(split.classes))
+def plain_loop(recipe: dict, split, batches: int) -> float:
+    model = fresh_model(recipe, len(split.classes))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     loader = torch.utils.data.DataLoader(OneAtATime(split), batch_size=256, shuffle=True, num_workers=0,
                                          drop_last=True)
@@ -85,17 +88,17 @@ def plain_loop(split, batches: int) -> float:
     return seen / (time.perf_counter() - started)
 
 
-def our_loop(store_dir: Path, per_class: int, workdir: Path) -> float:
-    cfg = TrainConfig(**{**default_recipe(), "epochs": 2, "max_per_class": per_class, "warmup_epochs": 0.0})
+def our_loop(recipe: dict, store_dir: Path, per_class: int, workdir: Path) -> float:
+    cfg = TrainConfig(**{**recipe, "epochs": 2, "max_per_class": per_class, "warmup_epochs": 0.0})
     train(cfg, store_dir, workdir / "run", progress=False)
     with open(workdir / "run" / "metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
     return float(rows[-1]["samples_per_s"])  # the second epoch: no first-call warm-up in it
 
 
-def step_only(num_classes: int, bf16: bool, compiled: bool, steps: int = 20) -> float:
+def step_only(recipe: dict, num_classes: int, bf16: bool, compiled: bool, steps: int = 20) -> float:
     """Samples/s of forward + backward + AdamW on one fixed channels_last batch of 256: the compute alone."""
-    model = default_model(num_classes).to(memory_format=torch.channels_last)
+    model = fresh_model(recipe, num_classes).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
     net = torch.compile(model) if compiled else model
     x = torch.randn(256, 1, 28, 28).to(memory_format=torch.channels_last)
@@ -117,28 +120,32 @@ def main() -> None:
     parser.add_argument("--store", type=Path, default=None, help="a store (default: ingest ../shared's 52 classes)")
     parser.add_argument("--per-class", type=int, default=300, help="drawings per class for our loop's epochs")
     parser.add_argument("--plain-batches", type=int, default=30, help="timed batches of the plain loop")
+    parser.add_argument("--model-kwargs", type=json.loads, default={},
+                        help='JSON laid over the recipe\'s model options, e.g. \'{"pool": "learned"}\'')
     parser.add_argument("--no-step", action="store_true", help="skip the compute-only training-step timings")
     args = parser.parse_args()
+    recipe = load_recipe(args.model_kwargs)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         store_dir = args.store or ingest(SHARED, tmp / "store").root
         split = Store.open(store_dir).splits(SplitSpec())["train"]
-        ours = our_loop(store_dir, args.per_class, tmp)
-        plain = plain_loop(split, args.plain_batches)
-    print(f"threads: {torch.get_num_threads()}, model: cnn ({len(split.classes)} classes), batch 256")
+        ours = our_loop(recipe, store_dir, args.per_class, tmp)
+        plain = plain_loop(recipe, split, args.plain_batches)
+    print(f"threads: {torch.get_num_threads()}, model: {recipe['model']} {json.dumps(recipe['model_kwargs'])} "
+          f"({len(split.classes)} classes), batch 256")
     print(f"plain PyTorch loop (per-sample Dataset + transforms, fp32): {plain:8.0f} samples/s")
     print(f"qdm train loop (memmap batches, batch augment, channels_last, bf16): {ours:8.0f} samples/s")
     print(f"ratio: {ours / plain:.2f}x")
     if args.no_step:
         return
-    fp32 = step_only(len(split.classes), bf16=False, compiled=False)
-    bf16 = step_only(len(split.classes), bf16=True, compiled=False)
-    compiled = step_only(len(split.classes), bf16=True, compiled=True)
+    fp32 = step_only(recipe, len(split.classes), bf16=False, compiled=False)
+    bf16 = step_only(recipe, len(split.classes), bf16=True, compiled=False)
+    compiled = step_only(recipe, len(split.classes), bf16=True, compiled=True)
     print("training step alone, one fixed batch of 256 (no data loading):")
     print(f"  fp32 eager {fp32:8.0f} samples/s | bf16 eager {bf16:8.0f} ({bf16 / fp32:.2f}x fp32) | "
           f"bf16 torch.compile {compiled:8.0f} ({compiled / bf16:.2f}x bf16 eager)")
-    model = default_model(len(split.classes))
+    model = fresh_model(recipe, len(split.classes))
     step_macs, forward_macs = count_train_macs(model), count_macs(model)
     threads = torch.get_num_threads()
     matmul = {dtype: peak_gmacs(threads, dtype=dtype) for dtype in ("float32", "bfloat16")}
