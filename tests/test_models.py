@@ -288,12 +288,15 @@ def test_count_macs_and_params_by_hand():
 
 def test_count_train_macs_by_hand():
     hidden, classes = 16, 5
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, hidden), nn.ReLU(), nn.Linear(hidden, classes)).eval()
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+                          nn.Linear(hidden, classes)).eval()
     first, last = 784 * hidden, hidden * classes
     # forward: both layers; backward: both weight gradients, and the input gradient of the last layer only
     assert count_train_macs(model, batch=3) == 2 * first + 3 * last
     assert not model.training
     assert all(p.grad is None for p in model.parameters())
+    bn = model[2]  # the train-mode forward's update of the running statistics is undone
+    assert int(bn.num_batches_tracked) == 0 and torch.equal(bn.running_var, torch.ones(hidden))
 
 
 def test_count_macs_for_the_cnn_by_hand():

@@ -1,10 +1,10 @@
-"""Timing one model call: single-image latency percentiles, batch throughput, and the machine's matmul peak.
+"""Timing one model call: single-image latency percentiles, batch throughput, and the machine's peaks.
 
 Every measurement warms up first (allocators, kernel selection, weight packing), then times each call on its own
 with ``perf_counter``. Percentiles rather than means: on a shared machine the tail is noise from other processes,
-the median is the model. The peak is what the same thread count gets from a large matrix multiply (fp32, or bf16
-as under autocast: the best case for a CPU), in multiply-accumulates per second, so a model's achieved GMAC/s can
-be read against it.
+the median is the model. A peak is what the same thread count gets from a large matrix multiply or a dense 3x3
+convolution (fp32, or bf16 as under autocast: the best cases for a CPU), in multiply-accumulates per second, so a
+model's achieved GMAC/s can be read against it.
 """
 
 from __future__ import annotations

@@ -20,38 +20,43 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_macs(model: nn.Module, input_shape: tuple[int, ...] = INPUT_SHAPE) -> int:
-    """Multiply-accumulates of one forward pass in eval mode on a zero input of ``input_shape``."""
+def _counted_macs(model: nn.Module, input_shape: tuple[int, ...], training: bool) -> int:
+    """Multiply-accumulates of one pass on a zero input of ``input_shape``: a no-grad forward in eval mode, or with
+    ``training`` a forward and backward in train mode. The model comes back as it was: its mode, its gradients and
+    its buffers (a train-mode forward would move BN's running statistics)."""
     param = next(model.parameters(), None)
     x = torch.zeros(input_shape, device=param.device if param is not None else None)
     was_training = model.training
-    model.eval()
+    grads = [p.grad for p in model.parameters()]
+    buffers = [b.clone() for b in model.buffers()]
+    model.train(training)
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(x)
+        with FlopCounterMode(display=False) as counter:
+            if training:
+                model(x).sum().backward()
+            else:
+                with torch.no_grad():
+                    model(x)
     finally:
         model.train(was_training)
+        for p, grad in zip(model.parameters(), grads, strict=True):
+            p.grad = grad
+        with torch.no_grad():
+            for b, saved in zip(model.buffers(), buffers, strict=True):
+                b.copy_(saved)
     return counter.get_total_flops() // 2
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, ...] = INPUT_SHAPE) -> int:
+    """Multiply-accumulates of one forward pass in eval mode on a zero input of ``input_shape``."""
+    return _counted_macs(model, input_shape, training=False)
 
 
 def count_train_macs(model: nn.Module, batch: int = 2) -> int:
     """Multiply-accumulates of one training step (forward and backward, in train mode) per drawing, as counted on a
     zero batch of ``batch``. The backward pass computes each layer's weight gradient and, for every layer but the
-    first, its input's gradient, so the step comes to a little under three forwards. The model's gradients are left
-    as they were."""
-    param = next(model.parameters())
-    x = torch.zeros((batch, *INPUT_SHAPE[1:]), device=param.device)
-    saved = [p.grad for p in model.parameters()]
-    was_training = model.training
-    model.train()
-    try:
-        with FlopCounterMode(display=False) as counter:
-            model(x).sum().backward()
-    finally:
-        model.train(was_training)
-        for p, grad in zip(model.parameters(), saved, strict=True):
-            p.grad = grad
-    return counter.get_total_flops() // 2 // batch
+    first, its input's gradient, so the step comes to a little under three forwards."""
+    return _counted_macs(model, (batch, *INPUT_SHAPE[1:]), training=True) // batch
 
 
 def describe(model: nn.Module) -> dict[str, int | float]:
