@@ -4,7 +4,9 @@
 # an EMA of decay 0.999 still carries the first steps' weights after 10 epochs) with a few options changed, trained for
 # 10 epochs with 1 thread, two at a time (on 2 cores, two 1-thread runs get about the samples/s of one 2-thread
 # run). Prints each variant's best validation top-1; the test split is not looked at. About 45 minutes a pair
-# on a 2-core AMD EPYC machine (300-400 samples/s per run).
+# on a 2-core AMD EPYC machine (300-400 samples/s per run). PROXY_THREADS=2 gives a single variant both cores.
+# distill10 learns from two teachers: the bundled default model and the learned-pool run of the README
+# (runs/pool_full/run), which never saw this split's validation or test drawings.
 #   bash benchmarks/recipe_proxies.sh [OUT [VARIANT ...]]    (default OUT: runs/recipe; default: every variant)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,8 +19,9 @@ B22='{"dropout": 0.2, "blocks": [2, 2]}'
 B13='{"dropout": 0.2, "blocks": [1, 3]}'
 B22_POOL='{"dropout": 0.2, "blocks": [2, 2], "pool": "learned"}'
 B13_POOL='{"dropout": 0.2, "blocks": [1, 3], "pool": "learned"}'
+TEACHERS=(--teacher default --teacher runs/pool_full/run --teacher-hflip)
 MIXEMA=(--mixup-alpha 0.2 --mix-prob 0.5 --ema-decay 0.999 --ema-warmup)  # the shipped recipe's mixing and EMA
-VARIANTS=(base10 b13_10 b13_sgd10 b13_cutmix10 pool10 b13_pool10 mixema10 mixema_pool10)
+VARIANTS=(base10 b13_10 b13_sgd10 b13_cutmix10 pool10 b13_pool10 mixema10 mixema_pool10 distill10)
 [ $# -gt 1 ] && VARIANTS=("${@:2}")
 options() {  # variant -> OPTS, the options it changes
   case "$1" in
@@ -30,6 +33,7 @@ options() {  # variant -> OPTS, the options it changes
     b13_pool10) OPTS=(--model-kwargs "$B13_POOL") ;;
     mixema10) OPTS=(--model-kwargs "$B22" "${MIXEMA[@]}") ;;
     mixema_pool10) OPTS=(--model-kwargs "$B22_POOL" "${MIXEMA[@]}") ;;
+    distill10) OPTS=(--model-kwargs "$B22" "${MIXEMA[@]}" "${TEACHERS[@]}") ;;
     *) echo "unknown variant $1" >&2; exit 2 ;;
   esac
 }
@@ -38,7 +42,7 @@ run() {  # one variant; skipped when its run folder is complete
   [ -f "$OUT/$1/train_summary.json" ] && return
   rm -rf "${OUT:?}/$1"
   options "$1"
-  $QDM train --data "$STORE" --config configs/default_model.yaml --epochs 10 --val-fraction 0.1 --threads 1 \
+  $QDM train --data "$STORE" --config configs/default_model.yaml --epochs 10 --val-fraction 0.1 --threads "${PROXY_THREADS:-1}" \
     --mixup-alpha 0 --ema-decay 0 "${OPTS[@]}" --out "$OUT/$1" > "$OUT/$1.log" 2>&1
 }
 for ((i = 0; i < ${#VARIANTS[@]}; i += 2)); do

@@ -57,7 +57,7 @@ def test_mixed_loss_weights_both_labels():
     mixed = mix_batch(numbered_batch(4), MixConfig(mixup_alpha=1.0), step_rng(0, 0, 0))
     ce = torch.nn.functional.cross_entropy
     expected = mixed.lam * ce(logits, y) + (1 - mixed.lam) * ce(logits, y[mixed.partner])
-    torch.testing.assert_close(mixed_loss(ce, logits, y, mixed), expected)
+    torch.testing.assert_close(mixed_loss(ce, logits, (y,), mixed), expected)
 
 
 def test_bad_mixing_options_are_named():

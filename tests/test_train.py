@@ -262,3 +262,75 @@ def test_predict_ndjson_keeps_input_order(tiny_run, tmp_path, shared_data):
     drawings = [json.loads(line)["drawing"] for line in lines]
     expected = logits_for_pixels(loaded.model, render_many(drawings)).argmax(1)
     assert [row["top"][0]["class"] for row in rows] == [loaded.labels[i] for i in expected]
+
+
+# ---------------------------------------------------------------------------------------------- distillation
+def test_soft_cross_entropy_is_tempered_kl_plus_the_teachers_entropy():
+    from quickdraw_mobile.train.distill import soft_cross_entropy
+
+    torch.manual_seed(0)
+    logits, teacher = torch.randn(5, 4), torch.softmax(torch.randn(5, 4), dim=1)
+    kl = torch.nn.functional.kl_div(torch.log_softmax(logits / 2.0, dim=1), teacher, reduction="batchmean")
+    entropy = -(teacher * teacher.log()).sum(1).mean()
+    torch.testing.assert_close(soft_cross_entropy(logits, teacher, 2.0), 4.0 * (kl + entropy))
+
+
+def test_teacher_probs_average_tempered_softmaxes_over_teachers_and_mirrors(tiny_store, tiny_run):
+    from quickdraw_mobile.inference import logits_for_pixels
+    from quickdraw_mobile.modelref import load_model
+    from quickdraw_mobile.train.distill import DistillConfig, teacher_probs
+
+    split = Store.open(tiny_store).splits(TrainConfig(**TINY).split_spec())["train"]
+    pixels = split.gather(np.arange(len(split)))[0].reshape(-1, 28, 28)
+    teacher = load_model(tiny_run).model
+    tempered = [torch.softmax(torch.from_numpy(logits_for_pixels(teacher, view)) / 2.0, dim=1).numpy()
+                for view in (pixels, np.ascontiguousarray(pixels[:, :, ::-1]))]
+    single = teacher_probs(DistillConfig((str(tiny_run),), temperature=2.0), split, CLASSES, 64, progress=False)
+    assert single.shape == (len(split), 3) and single.dtype == np.float16
+    np.testing.assert_allclose(single, tempered[0], atol=2e-3)
+    twice = DistillConfig((str(tiny_run), str(tiny_run)), temperature=2.0, hflip=True)
+    np.testing.assert_allclose(teacher_probs(twice, split, CLASSES, 64, progress=False),
+                               (tempered[0] + tempered[1]) / 2, atol=2e-3)
+
+
+def test_distilled_run_keeps_its_soft_targets_and_resumes_bit_exactly(tiny_store, tiny_run, tmp_path):
+    import shutil
+
+    mixing = {"mixup_alpha": 0.2, "mix_prob": 0.5}
+    cfg = TrainConfig(**{**TINY, **mixing, "teachers": [str(tiny_run)], "distill_weight": 0.7})
+    whole = train(cfg, tiny_store, tmp_path / "whole", progress=False)
+    table = np.load(tmp_path / "whole" / "teacher_probs.npy")
+    assert table.shape == (whole["train_samples"], 3)
+    np.testing.assert_allclose(table.astype(np.float32).sum(1), 1.0, atol=1e-2)
+    out = tmp_path / "interrupted"
+    train(cfg, tiny_store, out, progress=False, stop_after_steps=6)
+    lost = tmp_path / "lost"
+    shutil.copytree(out, lost)
+    (lost / "teacher_probs.npy").unlink()
+    with pytest.raises(QDMError, match="teacher_probs.npy: missing or unreadable"):
+        train(None, tiny_store, lost, resume=True, progress=False)
+    assert train(None, tiny_store, out, resume=True, progress=False)["complete"]
+    reference, resumed = load_file(tmp_path / "whole" / "model.safetensors"), load_file(out / "model.safetensors")
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+    # The same run with other soft targets (the teacher also shown the mirrored drawings) ends elsewhere:
+    # the loop really learns from the table.
+    mirrored = TrainConfig(**{**cfg.to_dict(), "teacher_hflip": True})
+    train(mirrored, tiny_store, tmp_path / "mirrored", progress=False)
+    other = load_file(tmp_path / "mirrored" / "model.safetensors")
+    assert not all(torch.equal(reference[k], other[k]) for k in reference)
+
+
+def test_bad_teachers_stop_before_anything_is_written(tiny_store, tiny_run, tmp_path, capsys):
+    two_classes = TrainConfig(**{**TINY, "classes": ["apple", "cat"], "teachers": [str(tiny_run)]})
+    with pytest.raises(QDMError, match="labels.txt: the teacher's 3 classes differ from the data's 2 classes"):
+        train(two_classes, tiny_store, tmp_path / "a", progress=False)
+    assert not (tmp_path / "a").exists()
+    assert qdm(["train", "--data", str(tiny_store), "--model", "cnn_small", "--teacher", str(tmp_path / "nope"),
+                "--out", str(tmp_path / "b")]) == 2
+    assert "nope: no such run folder" in capsys.readouterr().err and not (tmp_path / "b").exists()
+    with pytest.raises(QDMError, match=r"distill_weight: expected a share in \[0, 1\]"):
+        TrainConfig(teachers=["default"], distill_weight=1.5)
+    with pytest.raises(QDMError, match="distill_temperature: expected a positive value"):
+        TrainConfig(distill_temperature=0)
+    with pytest.raises(QDMError, match="teachers: expected a list"):
+        TrainConfig(teachers="default")

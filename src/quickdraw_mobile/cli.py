@@ -174,6 +174,8 @@ TRAIN_OPTIONS = {  # CLI flag -> (type, help); each one overrides the config fil
     "mix_prob": (float, "share of batches mixed when mixup or CutMix is on"),
     "ema_decay": (float, "validate and save an EMA of the weights with this per-step decay (0 = off)"),
     "stretch": (float, "augmentation: change the aspect ratio by up to this fraction either way"),
+    "distill_weight": (float, "distillation: share of the loss on the teachers' soft targets (default 0.5)"),
+    "distill_temperature": (float, "distillation: softmax temperature of teachers and student (default 1)"),
 }
 TRAIN_FLAGS = {  # boolean switches
     "bf16": "bfloat16 autocast",
@@ -182,6 +184,7 @@ TRAIN_FLAGS = {  # boolean switches
     "reframe": "augmentation: refit each warped drawing to the official bitmaps' framing",
     "ema_warmup": "EMA: decay min(ema_decay, (1 + n) / (10 + n)) at update n, so it soon forgets the initial weights",
     "no_augment": "turn off the light affine augmentation",
+    "teacher_hflip": "distillation: average each teacher over the drawing and its mirror",
 }
 
 
@@ -198,6 +201,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides = {name: getattr(args, name) for name in TRAIN_OPTIONS}
         overrides["model"] = args.model
         overrides["classes"] = [c.strip() for c in args.classes.split(",")] if args.classes else None
+        overrides["teachers"] = args.teacher
         if args.model_kwargs:
             try:
                 overrides["model_kwargs"] = json.loads(args.model_kwargs)
@@ -228,6 +232,8 @@ def _add_train_parser(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
     p.add_argument("--classes", default=None, help="train on these classes only (comma-separated)")
     p.add_argument("--model-kwargs", default=None, help='model options as JSON, e.g. \'{"width": 32}\'')
+    p.add_argument("--teacher", action="append", default=None, metavar="MODEL",
+                   help="distill from this trained run folder (or 'default'); repeat to average several")
     for name, (kind, text) in TRAIN_OPTIONS.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=text)
     for name, text in TRAIN_FLAGS.items():

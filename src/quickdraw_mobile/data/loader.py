@@ -276,6 +276,10 @@ class BatchLoader:
             self._cached = (self.epoch, shard)
         return self._cached[1]
 
+    def batch_indices(self, batch: int) -> np.ndarray:
+        """The flat split indices of batch ``batch`` of the current epoch on this rank (what ``batches`` gathers)."""
+        return self.rank_indices()[batch * self.batch_size : (batch + 1) * self.batch_size]
+
     # -- the batches
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.batches(0)

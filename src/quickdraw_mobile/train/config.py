@@ -11,6 +11,7 @@ import yaml
 from ..data.loader import AugmentConfig
 from ..data.store import SplitSpec
 from ..errors import QDMError
+from .distill import DistillConfig
 from .mixing import MixConfig
 
 OPTIMIZERS = ("adamw", "lamb", "sgd")
@@ -58,6 +59,11 @@ class TrainConfig:
     # updated after every step with this decay; 0 = off (the raw weights are validated and saved)
     ema_decay: float = 0.0
     ema_warmup: bool = False  # start the decay low and raise it to ema_decay (see train.loop.ema_decay_at)
+    # distillation (see train.distill): also learn the soft answers of these trained runs ('default' or folders)
+    teachers: list[str] = field(default_factory=list)
+    distill_weight: float = 0.5  # share of the loss on the teachers' soft targets
+    distill_temperature: float = 1.0
+    teacher_hflip: bool = False  # average each teacher over the drawing and its mirror
     # execution
     seed: int = 0
     bf16: bool = False  # bfloat16 autocast for the forward pass
@@ -81,6 +87,9 @@ class TrainConfig:
             raise QDMError(f"ema_decay: expected [0, 1) (0 turns it off), got {self.ema_decay}")
         self.augmentation()  # validates the augmentation options
         self.mixing()  # validates the mixing options
+        if not isinstance(self.teachers, list) or not all(isinstance(t, str) for t in self.teachers):
+            raise QDMError("teachers: expected a list of run folders (or 'default')")
+        self.distillation()  # validates the distillation options
         if not isinstance(self.model_kwargs, dict):
             raise QDMError("model_kwargs: expected a mapping of option: value")
 
@@ -93,6 +102,9 @@ class TrainConfig:
 
     def mixing(self) -> MixConfig:
         return MixConfig(self.mixup_alpha, self.cutmix_alpha, self.mix_prob)
+
+    def distillation(self) -> DistillConfig:
+        return DistillConfig(tuple(self.teachers), self.distill_weight, self.distill_temperature, self.teacher_hflip)
 
     def split_spec(self) -> SplitSpec:
         """How this run splits a store; everything that needs the run's own splits goes through it."""

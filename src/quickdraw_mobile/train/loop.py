@@ -26,11 +26,12 @@ from tqdm.auto import tqdm
 from ..data.loader import BatchLoader
 from ..data.store import Store
 from ..errors import QDMError
-from ..fileio import write_json_atomic, write_text_atomic
+from ..fileio import save_npy_atomic, write_json_atomic, write_text_atomic
 from ..inference import logits_for_split
 from ..models import create_model
 from ..models.profile import count_macs, count_params
 from . import checkpoint as ckpt
+from . import distill
 from .config import TrainConfig, load_config
 from .distributed import DistContext, all_reduce_sum, broadcast_flag, setup, teardown
 from .mixing import mix_batch, mixed_loss, step_rng
@@ -192,8 +193,18 @@ def _train(cfg, data_dir, out, ctx, resume, progress, stop_after_steps, stop_req
     weight = class_weight_tensor(splits["train"].counts) if cfg.class_weights else None
     mixing = cfg.mixing()
 
-    def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, labels, weight=weight, label_smoothing=cfg.label_smoothing)
+    teaching = cfg.distillation()
+    soft_table = (distill.soft_targets(teaching, splits["train"], classes, out, resume=resume,
+                                       batch_size=cfg.eval_batch_size, bf16=cfg.bf16,
+                                       progress=progress and ctx.is_main, stop=stop_requested)
+                  if teaching.enabled else None)
+
+    def loss_fn(logits: torch.Tensor, labels: torch.Tensor, soft: torch.Tensor | None = None) -> torch.Tensor:
+        hard = F.cross_entropy(logits, labels, weight=weight, label_smoothing=cfg.label_smoothing)
+        if soft is None:
+            return hard
+        return ((1.0 - teaching.weight) * hard
+                + teaching.weight * distill.soft_cross_entropy(logits, soft, teaching.temperature))
 
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -201,6 +212,8 @@ def _train(cfg, data_dir, out, ctx, resume, progress, stop_after_steps, stop_req
         if not resume:
             write_text_atomic(out / ckpt.CONFIG, cfg.to_yaml())
             ckpt.write_labels(out / ckpt.LABELS, classes)
+            if soft_table is not None:
+                save_npy_atomic(out / distill.TEACHER_PROBS, soft_table)
     writer = _tensorboard(out) if ctx.is_main else None
 
     history = ckpt.read_metrics_csv(out / ckpt.METRICS) if resume else []
@@ -234,7 +247,9 @@ def _train(cfg, data_dir, out, ctx, resume, progress, stop_after_steps, stop_req
                 mixed = mix_batch(x, mixing, step_rng(cfg.seed, ctx.rank, step))
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
                     logits = net(mixed.x.contiguous(memory_format=memory_format))
-                loss = mixed_loss(loss_fn, logits.float(), y, mixed)
+                targets = (y,) if soft_table is None else (
+                    y, torch.from_numpy(soft_table[loader.batch_indices(batch_in_epoch)].astype(np.float32)))
+                loss = mixed_loss(loss_fn, logits.float(), targets, mixed)
                 if not torch.isfinite(loss):
                     raise QDMError(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, batch {batch_in_epoch}; "
                                    f"stopped, last good checkpoint kept in {out / ckpt.CHECKPOINTS} "

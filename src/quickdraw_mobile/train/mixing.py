@@ -2,7 +2,7 @@
 
 Both regularize by asking for soft answers on images no real drawing looks like: mixup overlays two drawings
 (pixel-wise ``lam * a + (1 - lam) * b``); CutMix pastes a box of drawing b into drawing a, and ``lam`` is the share
-of a that is left. The loss is ``lam * CE(a's label) + (1 - lam) * CE(b's label)``.
+of a that is left. The loss is ``lam * CE(a's label) + (1 - lam) * CE(b's label)`` (and the same for soft targets).
 
 Every random draw comes from a generator seeded by (seed, rank, global step), so a resumed run mixes each batch
 exactly as the uninterrupted run did, and DDP ranks mix differently.
@@ -81,8 +81,12 @@ def mix_batch(x: torch.Tensor, cfg: MixConfig, rng: np.random.Generator) -> Mixe
     return MixedBatch(mixed, partner, lam)
 
 
-def mixed_loss(loss_fn, logits: torch.Tensor, y: torch.Tensor, mixed: MixedBatch) -> torch.Tensor:
-    """``loss_fn(logits, labels)`` blended over each row's own label and its partner's."""
+def mixed_loss(loss_fn, logits: torch.Tensor, targets: tuple[torch.Tensor, ...], mixed: MixedBatch) -> torch.Tensor:
+    """``loss_fn(logits, *targets)`` blended over each row's own targets and its partner's.
+
+    ``targets`` are per-row tensors (the labels, and the soft targets when distilling), gathered alike.
+    """
     if mixed.lam == 1.0:
-        return loss_fn(logits, y)
-    return mixed.lam * loss_fn(logits, y) + (1.0 - mixed.lam) * loss_fn(logits, y[mixed.partner])
+        return loss_fn(logits, *targets)
+    partners = tuple(t[mixed.partner] for t in targets)
+    return mixed.lam * loss_fn(logits, *targets) + (1.0 - mixed.lam) * loss_fn(logits, *partners)
