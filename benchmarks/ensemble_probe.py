@@ -1,6 +1,6 @@
 """Test top-1 of trained runs alone and averaged: how far a model-selection budget of N full runs would carry.
 
-    python benchmarks/ensemble_probe.py RUN [RUN ...] --data STORE
+    python benchmarks/ensemble_probe.py RUN [RUN ...] --data STORE [--hflip]
 
 Each run is evaluated on its own config's test split; the runs must share that split (same test_fraction,
 split_seed, classes and store), so the averaged softmax is scored on the same drawings. An ensemble of N runs costs
@@ -17,26 +17,36 @@ import torch
 
 from quickdraw_mobile.errors import QDMError
 from quickdraw_mobile.export.calibration import run_splits
-from quickdraw_mobile.inference import logits_for_split
+from quickdraw_mobile.inference import logits_for_pixels, logits_for_split
 from quickdraw_mobile.modelref import load_model
 
 
-def test_probabilities(run: str, data_dir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Softmax (N, C), labels (N,) and the drawings' store rows (N,) of the run's test split."""
+def test_probabilities(run: str, data_dir: str, hflip: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Softmax (N, C), labels (N,) and the drawings' store rows (N,) of the run's test split.
+
+    With ``hflip`` the softmax is averaged over each drawing and its mirror (what ``qdm train --teacher-hflip``
+    gives a student).
+    """
     loaded = load_model(run)
     split = run_splits(loaded.source, data_dir)["test"]  # checks the store holds the run's classes, in order
     logits, labels = logits_for_split(loaded.model, split)
-    return torch.softmax(torch.from_numpy(logits), dim=1).numpy(), labels, np.concatenate(split.rows)
+    probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+    if hflip:
+        pixels = split.gather(np.arange(len(split)))[0].reshape(-1, 28, 28)
+        mirrored = logits_for_pixels(loaded.model, np.ascontiguousarray(pixels[:, :, ::-1]))
+        probs = (probs + torch.softmax(torch.from_numpy(mirrored), dim=1).numpy()) / 2
+    return probs, labels, np.concatenate(split.rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="run folders made by qdm train")
     parser.add_argument("--data", required=True, help="the store the runs were trained on")
+    parser.add_argument("--hflip", action="store_true", help="average each run over the drawing and its mirror")
     args = parser.parse_args()
     total, reference, reference_rows = None, None, None
     for run in args.runs:
-        probs, labels, rows = test_probabilities(run, args.data)
+        probs, labels, rows = test_probabilities(run, args.data, args.hflip)
         if reference is not None and not (np.array_equal(labels, reference) and np.array_equal(rows, reference_rows)):
             raise QDMError(f"{run}: its test split differs from {args.runs[0]}'s (different split options)")
         reference, reference_rows = labels, rows
