@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,11 @@ from safetensors.torch import load_file
 from quickdraw_mobile.cli import main as qdm
 from quickdraw_mobile.data.store import Store
 from quickdraw_mobile.errors import QDMError
+from quickdraw_mobile.inference import logits_for_pixels
+from quickdraw_mobile.modelref import load_model
 from quickdraw_mobile.train import load_config, train
 from quickdraw_mobile.train.config import TrainConfig
+from quickdraw_mobile.train.distill import DistillConfig, soft_cross_entropy, teacher_probs
 
 CLASSES = ["apple", "cat", "star"]
 TINY = dict(model="cnn_small", model_kwargs={"width": 8}, epochs=2, batch_size=32, max_per_class=160,
@@ -255,8 +259,6 @@ def test_predict_ndjson_keeps_input_order(tiny_run, tmp_path, shared_data):
                 "--out", str(tmp_path / "p.jsonl"), "--top-k", "3"]) == 0
     rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     from quickdraw_mobile.data.render import render_many
-    from quickdraw_mobile.inference import logits_for_pixels
-    from quickdraw_mobile.modelref import load_model
 
     loaded = load_model(tiny_run)
     drawings = [json.loads(line)["drawing"] for line in lines]
@@ -266,8 +268,6 @@ def test_predict_ndjson_keeps_input_order(tiny_run, tmp_path, shared_data):
 
 # ---------------------------------------------------------------------------------------------- distillation
 def test_soft_cross_entropy_is_tempered_kl_plus_the_teachers_entropy():
-    from quickdraw_mobile.train.distill import soft_cross_entropy
-
     torch.manual_seed(0)
     logits, teacher = torch.randn(5, 4), torch.softmax(torch.randn(5, 4), dim=1)
     kl = torch.nn.functional.kl_div(torch.log_softmax(logits / 2.0, dim=1), teacher, reduction="batchmean")
@@ -276,10 +276,6 @@ def test_soft_cross_entropy_is_tempered_kl_plus_the_teachers_entropy():
 
 
 def test_teacher_probs_average_tempered_softmaxes_over_teachers_and_mirrors(tiny_store, tiny_run):
-    from quickdraw_mobile.inference import logits_for_pixels
-    from quickdraw_mobile.modelref import load_model
-    from quickdraw_mobile.train.distill import DistillConfig, teacher_probs
-
     split = Store.open(tiny_store).splits(TrainConfig(**TINY).split_spec())["train"]
     pixels = split.gather(np.arange(len(split)))[0].reshape(-1, 28, 28)
     teacher = load_model(tiny_run).model
@@ -334,3 +330,8 @@ def test_bad_teachers_stop_before_anything_is_written(tiny_store, tiny_run, tmp_
         TrainConfig(distill_temperature=0)
     with pytest.raises(QDMError, match="teachers: expected a list"):
         TrainConfig(teachers="default")
+    asked_to_stop = threading.Event()
+    asked_to_stop.set()  # Ctrl-C while the teachers label the drawings
+    split = Store.open(tiny_store).splits(TrainConfig(**TINY).split_spec())["train"]
+    with pytest.raises(QDMError, match="interrupted while the teachers labelled"):
+        teacher_probs(DistillConfig((str(tiny_run),)), split, CLASSES, progress=False, stop=asked_to_stop)
