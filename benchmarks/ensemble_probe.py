@@ -11,13 +11,13 @@ not a candidate for the bundled model.
 from __future__ import annotations
 
 import argparse
+import sys
 
 import numpy as np
-import torch
 
 from quickdraw_mobile.errors import QDMError
 from quickdraw_mobile.export.calibration import run_splits
-from quickdraw_mobile.inference import logits_for_pixels, logits_for_split
+from quickdraw_mobile.inference import softmax_for_pixels
 from quickdraw_mobile.modelref import load_model
 
 
@@ -29,12 +29,8 @@ def test_probabilities(run: str, data_dir: str, hflip: bool = False) -> tuple[np
     """
     loaded = load_model(run)
     split = run_splits(loaded.source, data_dir)["test"]  # checks the store holds the run's classes, in order
-    logits, labels = logits_for_split(loaded.model, split)
-    probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
-    if hflip:
-        pixels = split.gather(np.arange(len(split)))[0].reshape(-1, 28, 28)
-        mirrored = logits_for_pixels(loaded.model, np.ascontiguousarray(pixels[:, :, ::-1]))
-        probs = (probs + torch.softmax(torch.from_numpy(mirrored), dim=1).numpy()) / 2
+    pixels, labels = split.gather(np.arange(len(split)))
+    probs = softmax_for_pixels(loaded.model, pixels, mirror_average=hflip)
     return probs, labels, np.concatenate(split.rows)
 
 
@@ -57,4 +53,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except QDMError as exc:
+        sys.exit(f"error: {exc}")

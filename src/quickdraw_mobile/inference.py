@@ -10,13 +10,31 @@ from .data.store import Split
 
 
 @torch.inference_mode()
-def logits_for_pixels(model: torch.nn.Module, pixels: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """Logits (N, C) float32 for uint8 bitmaps (N, 784) or (N, 28, 28)."""
+def logits_for_pixels(model: torch.nn.Module, pixels: np.ndarray, batch_size: int = 1024, *, mirror: bool = False,
+                      bf16: bool = False) -> np.ndarray:
+    """Logits (N, C) float32 for uint8 bitmaps (N, 784) or (N, 28, 28); of their mirror images with ``mirror``.
+
+    ``bf16`` runs the model under bfloat16 autocast (about 3x faster on a CPU with bf16 support).
+    """
     was_training = model.training
     model.eval()
-    outputs = [model(normalize(pixels[i : i + batch_size])).float() for i in range(0, len(pixels), batch_size)]
+    outputs = []
+    for i in range(0, len(pixels), batch_size):
+        x = normalize(pixels[i : i + batch_size])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            outputs.append(model(x.flip(-1) if mirror else x).float())
     model.train(was_training)
     return torch.cat(outputs).numpy() if outputs else np.zeros((0, 0), dtype=np.float32)
+
+
+def softmax_for_pixels(model: torch.nn.Module, pixels: np.ndarray, batch_size: int = 1024, *,
+                       temperature: float = 1.0, mirror_average: bool = False, bf16: bool = False) -> np.ndarray:
+    """softmax(logits / temperature), (N, C) float32; with ``mirror_average`` the mean over each drawing and its
+    mirror (the doodles of most classes are drawn facing either way)."""
+    views = (False, True) if mirror_average else (False,)
+    probs = [torch.softmax(torch.from_numpy(logits_for_pixels(model, pixels, batch_size, mirror=view, bf16=bf16))
+                           / temperature, dim=1) for view in views]
+    return (sum(probs) / len(probs)).numpy()
 
 
 def logits_for_split(model: torch.nn.Module, split: Split, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:

@@ -21,10 +21,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..data.loader import normalize
 from ..data.store import Split
 from ..errors import QDMError
+from ..inference import softmax_for_pixels
 from . import checkpoint as ckpt
+from .distributed import DistContext, all_reduce_array
 
 TEACHER_PROBS = "teacher_probs.npy"
 MAX_TABLE_BYTES = 4 << 30  # float16 (drawings x classes); beyond this the table no longer belongs in RAM
@@ -54,13 +55,15 @@ def soft_cross_entropy(logits: torch.Tensor, soft: torch.Tensor, temperature: fl
     return -(soft * log_probs).sum(1).mean() * temperature**2
 
 
-@torch.inference_mode()
 def teacher_probs(cfg: DistillConfig, split: Split, classes: list[str], batch_size: int = 1024, *,
-                  bf16: bool = False, progress: bool = True, stop: threading.Event | None = None) -> np.ndarray:
-    """(len(split), classes) float16: the teachers' mean tempered softmax for every drawing of ``split``.
+                  bf16: bool = False, progress: bool = True, stop: threading.Event | None = None,
+                  rank: int = 0, world_size: int = 1) -> np.ndarray:
+    """(len(split), classes) float32: the teachers' mean tempered softmax for every drawing of ``split``.
 
-    The teachers run channels-last (and under bfloat16 autocast with ``bf16``: about 3x faster on a CPU with bf16
-    support; the soft targets are stored in float16 anyway).
+    With ``world_size`` > 1 only every ``world_size``-th batch from ``rank`` is filled and the other rows stay
+    zero, so the ranks' tables sum to the whole one (each batch is the same as in one process, so the sum is
+    bit-exact). With ``bf16`` the teachers run under bfloat16 autocast: about 3x faster on a CPU with bf16
+    support, and the soft targets are stored in float16 anyway.
     """
     # modelref builds on train.config, which imports this module: a top-level import would be circular
     from ..modelref import load_model
@@ -76,25 +79,26 @@ def teacher_probs(cfg: DistillConfig, split: Split, classes: list[str], batch_si
         if teacher.labels != classes:
             raise QDMError(f"{teacher.source / ckpt.LABELS}: the teacher's {len(teacher.labels)} classes differ "
                            f"from the data's {len(classes)} classes")
-        starts = range(0, len(split), batch_size)
+        starts = range(rank * batch_size, len(split), world_size * batch_size)
         for start in tqdm(starts, desc=f"teacher {number}/{len(cfg.teachers)}", unit="batch",
                           disable=not progress, dynamic_ncols=True):
             if stop is not None and stop.is_set():
                 raise QDMError("interrupted while the teachers labelled the training drawings; nothing was written")
             end = min(start + batch_size, len(split))
-            x = normalize(split.gather(np.arange(start, end))[0])
-            for view in (x, x.flip(-1)) if cfg.hflip else (x,):
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    logits = teacher.model(view.contiguous(memory_format=torch.channels_last))
-                total[start:end] += F.softmax(logits.float() / cfg.temperature, dim=1).numpy()
-    return (total / (len(cfg.teachers) * (2 if cfg.hflip else 1))).astype(np.float16)
+            total[start:end] += softmax_for_pixels(teacher.model, split.gather(np.arange(start, end))[0],
+                                                   batch_size, temperature=cfg.temperature,
+                                                   mirror_average=cfg.hflip, bf16=bf16)
+    return total / len(cfg.teachers)
 
 
-def soft_targets(cfg: DistillConfig, split: Split, classes: list[str], run_dir: Path, *, resume: bool,
-                 batch_size: int, bf16: bool, progress: bool, stop: threading.Event) -> np.ndarray:
-    """The run's soft-target table: read from the run folder on resume, else computed from the teachers."""
+def soft_targets(cfg: DistillConfig, split: Split, classes: list[str], run_dir: Path, ctx: DistContext, *,
+                 resume: bool, batch_size: int, bf16: bool, progress: bool, stop: threading.Event) -> np.ndarray:
+    """The run's float16 soft-target table: read from the run folder on resume, else computed from the teachers
+    (under DDP each rank labels its share of the batches, and an all-reduce gives every rank the whole table)."""
     if not resume:
-        return teacher_probs(cfg, split, classes, batch_size, bf16=bf16, progress=progress, stop=stop)
+        shard = teacher_probs(cfg, split, classes, batch_size, bf16=bf16, progress=progress, stop=stop,
+                              rank=ctx.rank, world_size=ctx.world_size)
+        return all_reduce_array(ctx, shard).astype(np.float16)
     path = run_dir / TEACHER_PROBS
     try:
         table = np.load(path, allow_pickle=False)

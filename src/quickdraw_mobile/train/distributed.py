@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -45,6 +46,15 @@ def all_reduce_sum(ctx: DistContext, values: list[float]) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64)
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor.tolist()
+
+
+def all_reduce_array(ctx: DistContext, array: np.ndarray) -> np.ndarray:
+    """The element-wise sum of every rank's ``array`` (same shape and dtype on all ranks)."""
+    if not ctx.enabled:
+        return array
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.numpy()
 
 
 def broadcast_flag(ctx: DistContext, flag: bool) -> bool:

@@ -194,7 +194,7 @@ def _train(cfg, data_dir, out, ctx, resume, progress, stop_after_steps, stop_req
     mixing = cfg.mixing()
 
     teaching = cfg.distillation()
-    soft_table = (distill.soft_targets(teaching, splits["train"], classes, out, resume=resume,
+    soft_table = (distill.soft_targets(teaching, splits["train"], classes, out, ctx, resume=resume,
                                        batch_size=cfg.eval_batch_size, bf16=cfg.bf16,
                                        progress=progress and ctx.is_main, stop=stop_requested)
                   if teaching.enabled else None)
