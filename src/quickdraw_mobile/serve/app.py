@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
-import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -30,7 +29,7 @@ from .. import __version__
 from ..data.classes import all_classes
 from ..data.render import FORMATS, RENDERER_VERSION, SIDE
 from ..errors import QDMError
-from ..inference import logits_for_pixels
+from ..inference import softmax_for_pixels
 from ..modelref import LoadedModel, load_model
 from ..predict import top_k
 from .preprocess import (
@@ -126,8 +125,7 @@ class Predictor:
 
     def predict(self, pixels: np.ndarray, k: int) -> list[dict]:
         with self.lock:
-            logits = logits_for_pixels(self.model, pixels.reshape(1, -1))
-        probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+            probs = softmax_for_pixels(self.model, pixels.reshape(1, -1))
         return top_k(probs, self.labels, k)[0]["top"]
 
 
