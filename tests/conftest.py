@@ -74,3 +74,32 @@ def served_model():
         return load_model(os.environ.get("QDM_TEST_MODEL", "default"))
     except QDMError as exc:
         pytest.skip(f"no model to serve: {exc}")
+
+
+# ------------------------------------------------------------------------------------- the C++ runtime (native/)
+NATIVE_BUILD = REPO / "native" / "build"
+
+
+@pytest.fixture(scope="session")
+def native_bin() -> Path:
+    """``qdm-native``, built by scripts/setup.sh (``QDM_NATIVE`` may name another build)."""
+    import shutil
+
+    path = Path(os.environ.get("QDM_NATIVE", NATIVE_BUILD / "qdm-native"))
+    if not path.is_file():
+        if shutil.which("c++") is None:
+            pytest.skip("no C++ compiler: native/ is not built")
+        pytest.fail(f"{path} is missing: 'bash scripts/setup.sh' builds it")
+    return path
+
+
+@pytest.fixture(scope="session")
+def default_ptes(tmp_path_factory) -> dict[str, Path]:
+    """The bundled default model exported once per session to FP32 and INT8 .pte (with sidecars): {quant: path}."""
+    from quickdraw_mobile.export.pipeline import export_model
+
+    out = tmp_path_factory.mktemp("default_pte")
+    paths = {quant: out / f"default_{quant}.pte" for quant in ("none", "int8")}
+    for quant, path in paths.items():
+        export_model("default", "pte", quant, path, calib=512)
+    return paths
