@@ -376,6 +376,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise QDMError(f"--threads: expected positive thread counts, got {args.threads}")
     result = run_bench(args.model, args.out, data_dir=_data_dir(args.data) if args.data else None, runs=args.runs,
                        warmup=args.warmup, batch=args.batch, threads=threads, memory=not args.no_memory,
+                       native=not args.no_native,
                        export=not args.no_export, calib=args.calib)
     paths = write_report(result, args.out)
     print(markdown_table(result))
@@ -410,7 +411,7 @@ def _add_export_parsers(verbs: argparse._SubParsersAction) -> None:
         help="size, latency, throughput and memory across runtimes",
         description="Benchmark models in their runtimes: a run folder or 'default' in eager PyTorch (and, unless "
         "--no-export, exported and verified to FP32/INT8 .pte and .onnx under OUT/artifacts), a .pte in "
-        "ExecuTorch, an .onnx in ONNX Runtime. Measures size on disk, single-drawing latency p50/p95 on 1 thread "
+        "ExecuTorch (and, with qdm-native built, in ExecuTorch's C++ runtime), an .onnx in ONNX Runtime. Measures size on disk, single-drawing latency p50/p95 on 1 thread "
         "and all threads, batch throughput, achieved GMAC/s against the machine's measured fp32 peak, and the "
         "peak memory of a fresh process that loads and runs the model. Writes bench.json, bench.md, bench.png.",
     )
@@ -424,6 +425,8 @@ def _add_export_parsers(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", default=None, help="thread counts, comma-separated (default: 1 and all cores)")
     p.add_argument("--calib", type=int, default=2048, help="calibration drawings for the int8 exports")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    p.add_argument("--no-native", action="store_true", help="skip the ExecuTorch C++ rows (qdm-native, built by "
+                   "scripts/setup.sh from native/)")
     p.add_argument("--no-export", action="store_true", help="bench run folders in eager PyTorch only")
     p.set_defaults(func=_cmd_bench)
 

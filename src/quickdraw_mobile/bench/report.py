@@ -44,6 +44,10 @@ def markdown_table(result: dict) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     lines += ["| " + " | ".join(cells) + " |" for cells in rows]
     notes = [f"- {line}" for line in summary_lines(result)]
+    for row in result["results"]:
+        if "carried_bytes" in row:
+            notes.append(f"- {row['name']}: an app carries {row['carried_bytes'] / 1e6:.2f} MB of code (qdm-native "
+                         f"{row['binary_bytes'] / 1e6:.2f} MB with the ExecuTorch libraries it loads) plus the model")
     if result["settings"].get("accuracy_on"):
         notes.append(f"- top-1 on {result['settings']['accuracy_on']}")
     return "\n".join(["# Benchmark", "", *lines, "", *notes]) + "\n"

@@ -9,6 +9,8 @@ under ``OUT/artifacts`` unless ``export=False``, so one command compares all fiv
 - batch throughput (``batch`` images per call) on the same thread counts;
 - achieved GMAC/s (the model's MACs / p50 latency), beside the machine's fp32 matmul peak;
 - peak resident memory of a fresh process that loads it and runs it (``bench.memory``);
+- with ``qdm-native`` built (native/), an "ExecuTorch C++" row for every .pte: the same file in ExecuTorch's C++
+  runtime, timed and measured by ``qdm-native bench`` in a process of its own (``bench.native``);
 - top-1 on real labelled drawings (the model's test split with ``data_dir``, else its bundled sample) and
   agreement with the eager model's top-1, when the subject's classes are the model's.
 
@@ -35,6 +37,7 @@ from ..models.profile import count_macs
 from ..train import checkpoint as ckpt
 from .latency import RunFn, latency, peak_gmacs, throughput
 from .memory import peak_memory
+from .native import find_native, native_predictions, native_row
 
 RUNTIME_NAMES = {"pytorch": "PyTorch eager", "executorch": "ExecuTorch", "onnxruntime": "ONNX Runtime"}
 EXPORTS = (("pte", "none"), ("pte", "int8"), ("onnx", "none"), ("onnx", "int8"))
@@ -113,8 +116,9 @@ def _reset_executorch_threads(threads: int) -> None:
     portable_lib._unsafe_reset_threadpool(threads)
 
 
-def _accuracy(subjects: list[Subject], drawings, threads: int) -> dict[str, dict]:
-    """Top-1 of each subject whose classes are the drawings' model's, and agreement with the eager top-1."""
+def _accuracy(subjects: list[Subject], drawings, threads: int, native_preds: dict[str, np.ndarray]) -> dict[str, dict]:
+    """Top-1 of each subject whose classes are the drawings' model's (and of the C++ rows' predictions), and
+    agreement with the eager top-1."""
     from ..export.runtime import normalize_pixels
 
     x = normalize_pixels(drawings.pixels)
@@ -124,6 +128,7 @@ def _accuracy(subjects: list[Subject], drawings, threads: int) -> dict[str, dict
         with torch.inference_mode():
             logits = [np.asarray(run(np.ascontiguousarray(x[i : i + 32]))) for i in range(0, len(x), 32)]
         preds[s.name] = np.concatenate(logits).argmax(1)
+    preds.update(native_preds)
     eager = next((preds[s.name] for s in subjects if s.runtime == "pytorch"), None)
     return {name: {"top1": float((p == drawings.labels).mean()),
                    **({"agreement_with_eager": float((p == eager).mean())} if eager is not None else {})}
@@ -132,7 +137,7 @@ def _accuracy(subjects: list[Subject], drawings, threads: int) -> dict[str, dict
 
 def run_bench(refs: list[str], out: str | Path, data_dir: str | Path | None = None, runs: int = 200,
               warmup: int = 20, batch: int = 32, threads: list[int] | None = None, memory: bool = True,
-              export: bool = True, calib: int = 2048) -> dict:
+              export: bool = True, calib: int = 2048, native: bool = True) -> dict:
     """Measure every subject of ``refs``; returns the results (``bench.report.write_report`` writes them)."""
     if runs < 1 or warmup < 0 or batch < 1:
         raise QDMError(f"--runs, --warmup, --batch: expected positive numbers, got {runs}, {warmup}, {batch}")
@@ -164,6 +169,8 @@ def run_bench(refs: list[str], out: str | Path, data_dir: str | Path | None = No
     x_batch = np.ascontiguousarray(np.resize(normalize_pixels(sample), (batch, 1, 28, 28)))
     x_one = np.ascontiguousarray(x_batch[:1])
 
+    native_binary = find_native() if native else None
+    native_rows: list[tuple[dict, Subject]] = []
     torch_threads = torch.get_num_threads()
     results = []
     try:
@@ -183,9 +190,16 @@ def run_bench(refs: list[str], out: str | Path, data_dir: str | Path | None = No
                 if memory:
                     row["memory"] = peak_memory(s.ref)
                 results.append(row)
+                if native_binary is not None and s.runtime == "executorch":
+                    native_rows.append((native_row(native_binary, s.name.replace("ExecuTorch", "ExecuTorch C++"),
+                                                   s.ref, s.quant, s.macs, sample, runs=runs, warmup=warmup,
+                                                   batch=batch, threads=threads), s))
+                    results.append(native_rows[-1][0])
         if drawings is not None:
             reference = next(s.labels for s in subjects if s.ref == str(model_refs[0]))
-            scores = _accuracy([s for s in subjects if s.labels == reference], drawings, max(threads))
+            native_preds = {row["name"]: native_predictions(native_binary, s.ref, drawings.pixels)
+                            for row, s in native_rows if s.labels == reference}
+            scores = _accuracy([s for s in subjects if s.labels == reference], drawings, max(threads), native_preds)
             for row in results:
                 row.update(scores.get(row["name"], {}))
     finally:
@@ -197,6 +211,7 @@ def run_bench(refs: list[str], out: str | Path, data_dir: str | Path | None = No
                     "peak_fp32_gmacs": peaks, "torch": version("torch"), "executorch": version("executorch"),
                     "onnxruntime": version("onnxruntime")},
         "settings": {"runs": runs, "warmup": warmup, "batch": batch, "threads": threads,
+                     "native": str(native_binary) if native_binary else None,
                      "accuracy_on": drawings.source if drawings is not None else None},
         "results": results,
     }
