@@ -10,6 +10,17 @@ fi
 .venv/bin/python -m pip install --quiet -e '.[dev]'
 .venv/bin/qdm --version
 
+# The C++ runtime (native/: libqdm.so and qdm-native), built against the executorch package inside .venv when a
+# C++ compiler is present. By hand: cmake -S native -B BUILD -G Ninja -DCMAKE_PREFIX_PATH=<executorch folder>.
+if command -v c++ >/dev/null 2>&1; then
+  EXECUTORCH_DIR=$(.venv/bin/python -c 'import importlib.util as u; print(u.find_spec("executorch").submodule_search_locations[0])')
+  .venv/bin/cmake -S native -B native/build -G Ninja -DCMAKE_MAKE_PROGRAM="$PWD/.venv/bin/ninja" \
+    -DCMAKE_PREFIX_PATH="$EXECUTORCH_DIR" >/dev/null
+  .venv/bin/cmake --build native/build
+else
+  echo "note: no C++ compiler found: native/ (qdm-native) is not built" >&2
+fi
+
 # The drawing page of 'qdm serve' runs the model in the browser with onnxruntime-web (pinned in
 # web/package-lock.json): its two files go into the package's static folder. Skipped when already in place.
 VENDOR=src/quickdraw_mobile/serve/static/vendor
