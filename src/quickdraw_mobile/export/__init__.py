@@ -3,7 +3,8 @@
 - ``pipeline.export_model``: run folder or ``default`` -> verified artifact + metadata.json + labels.txt
 - ``runtime.load_artifact``: any artifact -> ``Artifact`` with ``.labels``, ``.metadata``, ``.run(x) -> logits``
 - ``executorch`` / ``onnx``: the two conversions; ``calibration``: the real drawings they use;
-  ``metadata``: the input contract written beside each artifact; ``verify``: exported vs eager.
+  ``metadata``: the input contract written beside each artifact; ``verify``: exported vs eager;
+  ``selfcheck``: the drawings and answers an app re-runs on its device (``run_selfcheck``).
 
 Only the light runtime side is imported here (no torch), so loading an .onnx stays torch-free.
 """

@@ -5,7 +5,8 @@ and an ``.onnx`` of the same stem can share a folder):
 
     model.pte.metadata.json   what goes in and what comes out: shape, dtype, value range, ink polarity,
                               normalization, renderer version, class list; plus the artifact's sha256 and size,
-                              how it was made (model, quantization, calibration) and how it was verified
+                              how it was made (model, quantization, calibration) and how it was verified;
+                              and a device self-check (a few drawings with this artifact's answers: selfcheck.py)
     model.pte.labels.txt      the class names, one a line, in logit order
 
 ``read_metadata`` checks the JSON against the file it describes (name, size, sha256) and against the labels,
@@ -19,6 +20,7 @@ from pathlib import Path
 from ..data.render import RENDERER_VERSION
 from ..errors import QDMError
 from ..fileio import read_versioned_json, sha256_file
+from .selfcheck import check_selfcheck
 
 ARTIFACT_FORMAT = "quickdraw-mobile-artifact"
 ARTIFACT_VERSION = 1
@@ -122,6 +124,8 @@ def read_metadata(artifact: str | Path, check_file: bool = True) -> tuple[dict, 
                        f"{num_classes} classes")
     if meta["artifact"].get("runtime") != runtime:
         raise QDMError(f"{meta_path}: describes a {meta['artifact'].get('runtime')} model, not a {runtime} one")
+    if meta.get("selfcheck") is not None:  # older exports have none
+        check_selfcheck(meta["selfcheck"], num_classes, str(meta_path))
     labels = [line for line in labels_path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if labels != classes:
         raise QDMError(f"{labels_path}: {len(labels)} labels differ from the {num_classes} classes of {meta_path}")

@@ -5,7 +5,8 @@ Order of work, so that nothing wrong ever sits under the final name:
 2. convert (ExecuTorch + XNNPACK, or ONNX; FP32 or static INT8);
 3. write the bytes to a temporary file beside ``--out``, load it in its own runtime, run the verification
    drawings through it and through the eager model, and compare (an FP32 export that changes the top-1 class of
-   more than 0.5% of them is an error);
+   more than 0.5% of them is an error); a few of those drawings, with the artifact's own answers, become the
+   device self-check in the metadata (``selfcheck``; non-finite logits are an error);
 4. write the sidecars (metadata.json, labels.txt), then rename the artifact into place. A failure at any step
    leaves earlier files untouched.
 """
@@ -23,6 +24,7 @@ from ..models.profile import count_macs, count_params
 from .calibration import calibration_set, verification_set
 from .metadata import build_metadata, labels_text, read_metadata, sidecar_paths
 from .runtime import Artifact
+from .selfcheck import build_selfcheck
 from .verify import check_agreement, verify_artifact
 
 FORMATS = {"pte": ".pte", "onnx": ".onnx"}
@@ -81,9 +83,12 @@ def export_model(model_ref: str | Path, fmt: str, quant: str, out: str | Path, d
         tmp.write_bytes(data)
         metadata = build_metadata(name=out.name, written=tmp, quant=quant, classes=loaded.labels,
                                   max_batch=max_batch, model=model_info, export=export_info)
-        result = verify_artifact(Artifact(tmp, metadata, loaded.labels), loaded.model, verification)
+        result, logits = verify_artifact(Artifact(tmp, metadata, loaded.labels), loaded.model, verification,
+                                         str(out))
         check_agreement(result, quant, str(out))
         metadata["verification"] = result
+        metadata["selfcheck"] = build_selfcheck(verification.pixels, verification.labels, logits, quant,
+                                                source=verification.source)
         write_text_atomic(labels_path, labels_text(loaded.labels))
         write_json_atomic(meta_path, metadata)
     read_metadata(out)  # the files on disk describe each other

@@ -9,6 +9,7 @@ from ..errors import QDMError
 from ..inference import logits_for_pixels
 from .calibration import Drawings
 from .runtime import Artifact
+from .selfcheck import check_finite
 
 FP32_MAX_DISAGREEMENT = 0.005  # an FP32 export may change the top-1 class of at most 0.5% of drawings
 
@@ -30,11 +31,15 @@ def compare_logits(eager: np.ndarray, exported: np.ndarray, labels: np.ndarray |
     return report
 
 
-def verify_artifact(artifact: Artifact, model: nn.Module, drawings: Drawings) -> dict:
-    """Run ``drawings`` through the eager model and through ``artifact``; the comparison, with its source."""
+def verify_artifact(artifact: Artifact, model: nn.Module, drawings: Drawings,
+                    where: str = "export") -> tuple[dict, np.ndarray]:
+    """Run ``drawings`` through the eager model and through ``artifact``: the comparison, with its source, and the
+    artifact's logits (for the self-check). Non-finite logits are an error naming ``where``."""
     eager = logits_for_pixels(model, drawings.pixels)
     exported = artifact.run_pixels(drawings.pixels)
-    return {"source": drawings.source, **compare_logits(eager, exported, drawings.labels)}
+    check_finite(eager, f"{where}: the eager model")
+    check_finite(exported, f"{where}: the exported model")
+    return {"source": drawings.source, **compare_logits(eager, exported, drawings.labels)}, exported
 
 
 def check_agreement(report: dict, quant: str, where: str) -> None:
