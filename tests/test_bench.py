@@ -20,7 +20,8 @@ from quickdraw_mobile.export.pipeline import export_model
 
 def test_bench_runs_end_to_end(tiny_run, tiny_store, tmp_path):
     out = tmp_path / "bench"
-    result = run_bench([str(tiny_run)], out, data_dir=tiny_store, runs=5, warmup=1, batch=4, threads=[1], calib=64)
+    result = run_bench([str(tiny_run)], out, data_dir=tiny_store, runs=5, warmup=1, batch=4, threads=[1], calib=64,
+                       native=False)  # the C++ rows: tests/test_native.py
     names = [r["name"] for r in result["results"]]
     assert names == ["PyTorch eager FP32", "ExecuTorch FP32", "ExecuTorch INT8", "ONNX Runtime FP32",
                      "ONNX Runtime INT8"]
@@ -57,7 +58,7 @@ def test_bench_cli_on_files(tiny_run, tiny_store, tmp_path, capsys):
     onnx = export_model(tiny_run, "onnx", "int8", tmp_path / "m.onnx", data_dir=tiny_store, calib=64)["path"]
     out = tmp_path / "bench"
     assert qdm(["bench", "--model", pte, onnx, "--out", str(out), "--runs", "5", "--warmup", "1",
-                "--batch", "8", "--threads", "1,2", "--no-memory"]) == 0
+                "--batch", "8", "--threads", "1,2", "--no-memory", "--no-native"]) == 0
     printed = capsys.readouterr().out
     assert "| ExecuTorch FP32 |" in printed and "| ONNX Runtime INT8 |" in printed and "p50 ms (2t)" in printed
     result = json.loads((out / "bench.json").read_text())

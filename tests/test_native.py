@@ -123,6 +123,24 @@ def test_bench_reports_latency_memory_and_size(native_bin, default_ptes, tmp_pat
         lib["bytes"] for lib in report["libraries"] if not lib["system"])
 
 
+def test_qdm_bench_has_an_executorch_cpp_row_per_pte(default_ptes, tmp_path):
+    from quickdraw_mobile.bench.report import markdown_table
+    from quickdraw_mobile.bench.runner import run_bench
+
+    result = run_bench([str(default_ptes["none"]), str(default_ptes["int8"])], tmp_path, runs=3, warmup=1, batch=4,
+                       threads=[1])
+    rows = {r["name"]: r for r in result["results"]}
+    assert list(rows) == ["ExecuTorch FP32", "ExecuTorch C++ FP32", "ExecuTorch INT8", "ExecuTorch C++ INT8"]
+    for quant in ("FP32", "INT8"):
+        cpp, python = rows[f"ExecuTorch C++ {quant}"], rows[f"ExecuTorch {quant}"]
+        assert cpp["path"] == python["path"] and cpp["size_bytes"] == python["size_bytes"]
+        assert cpp["latency"]["1"]["p50_ms"] > 0 and cpp["throughput"]["1"]["batch"] == 4
+        assert 0 < cpp["memory"]["peak_rss_mb"] < python["memory"]["peak_rss_mb"]
+        assert cpp["carried_bytes"] > cpp["binary_bytes"] > 0
+    table = markdown_table(result)
+    assert "| ExecuTorch C++ INT8 |" in table and "an app carries" in table
+
+
 def test_the_c_example_runs_on_libqdm(native_bin, default_ptes):
     done = run(native_bin.parent / "qdm-example-c", default_ptes["int8"])
     lines = done.stdout.splitlines()

@@ -36,8 +36,9 @@ def _run(binary: Path, *args) -> None:
 
 
 def native_row(binary: Path, name: str, pte: str, quant: str, macs: int, pixels: np.ndarray, *, runs: int,
-               warmup: int, batch: int, threads: list[int]) -> dict:
-    """The bench row ``name`` for ``pte`` run by ``binary``; timed on ``pixels`` (uint8 (N, 784))."""
+               warmup: int, batch: int, threads: list[int], memory: bool = True) -> dict:
+    """The bench row ``name`` for ``pte`` run by ``binary``; timed on ``pixels`` (uint8 (N, 784)). ``memory``: with
+    the process's peak resident memory (measured anyway: it is the timing process itself)."""
     with tempfile.TemporaryDirectory() as tmp:
         np.save(Path(tmp) / "pixels.npy", np.ascontiguousarray(pixels, dtype=np.uint8))
         _run(binary, "bench", "--model", pte, "--input", Path(tmp) / "pixels.npy", "--runs", runs, "--warmup",
@@ -49,8 +50,8 @@ def native_row(binary: Path, name: str, pte: str, quant: str, macs: int, pixels:
             "latency": {t: v["latency"] for t, v in per_thread.items()},
             "throughput": {t: v["throughput"] for t, v in per_thread.items()},
             "gmacs": {t: macs / (v["latency"]["p50_ms"] / 1e3) / 1e9 for t, v in per_thread.items()},
-            "memory": {"peak_rss_mb": report["peak_rss_mb"]},
-            "carried_bytes": report["carried_bytes"], "binary_bytes": report["binary_bytes"]}
+            "carried_bytes": report["carried_bytes"], "binary_bytes": report["binary_bytes"],
+            **({"memory": {"peak_rss_mb": report["peak_rss_mb"]}} if memory else {})}
 
 
 def native_predictions(binary: Path, pte: str, pixels: np.ndarray) -> np.ndarray:

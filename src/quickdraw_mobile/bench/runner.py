@@ -191,10 +191,11 @@ def run_bench(refs: list[str], out: str | Path, data_dir: str | Path | None = No
                     row["memory"] = peak_memory(s.ref)
                 results.append(row)
                 if native_binary is not None and s.runtime == "executorch":
-                    native_rows.append((native_row(native_binary, s.name.replace("ExecuTorch", "ExecuTorch C++"),
-                                                   s.ref, s.quant, s.macs, sample, runs=runs, warmup=warmup,
-                                                   batch=batch, threads=threads), s))
-                    results.append(native_rows[-1][0])
+                    cpp = native_row(native_binary, s.name.replace("ExecuTorch", "ExecuTorch C++"), s.ref, s.quant,
+                                     s.macs, sample, runs=runs, warmup=warmup, batch=batch, threads=threads,
+                                     memory=memory)
+                    native_rows.append((cpp, s))
+                    results.append(cpp)
         if drawings is not None:
             reference = next(s.labels for s in subjects if s.ref == str(model_refs[0]))
             native_preds = {row["name"]: native_predictions(native_binary, s.ref, drawings.pixels)
