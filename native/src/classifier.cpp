@@ -178,7 +178,8 @@ bool Classifier::top_k(const float* logits, std::size_t count, std::size_t top_k
 bool Classifier::selfcheck(qdm_selfcheck_result* result, Status* status) {
   if (!artifact_.has_selfcheck)
     return status->fail(QDM_ERROR_NO_SELFCHECK, artifact_.metadata_path +
-                                                    ": no self-check drawings (exported by an older qdm; export it again)");
+                                                    ": no self-check drawings (exported by an older qdm, or the model answered none of the "
+                                                    "verification drawings by a clear margin)");
   const SelfCheck& check = artifact_.selfcheck;
   const std::size_t classes = num_classes();
   std::vector<float> scores(check.drawings * classes);
