@@ -6,6 +6,7 @@ one-line errors for bad input, also on an AddressSanitizer + UBSan build.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import shutil
 import subprocess
@@ -256,3 +257,43 @@ def test_good_input_under_asan_and_ubsan(asan_bin, default_ptes, sample, shared_
                  ["render", "--input", strokes, "--out", tmp_path / "c.npy"]):
         done = run(asan_bin, *args, check=False)
         assert done.returncode == 0 and not any(r in done.stderr for r in SANITIZER_REPORTS), done.stderr
+
+
+# ------------------------------------------------------------------------------------ the C API through an FFI
+class QdmError(ctypes.Structure):
+    _fields_ = [("status", ctypes.c_int), ("message", ctypes.c_char * 512)]
+
+
+@pytest.fixture(scope="module")
+def libqdm(native_bin) -> ctypes.CDLL:
+    """libqdm.so loaded as a Dart, Swift or JNI bridge would: plain C calls, caller-owned buffers."""
+    lib = ctypes.CDLL(str(native_bin.parent / "libqdm.so"))
+    lib.qdm_renderer_version.restype = ctypes.c_char_p
+    return lib
+
+
+def test_c_api_renders_json_and_strokes_like_python(libqdm):
+    from quickdraw_mobile.data.render import RENDERER_VERSION, render_strokes
+
+    assert libqdm.qdm_renderer_version().decode() == RENDERER_VERSION
+    simplified = [[[10, 80, 200], [20, 240, 30]], [[128], [128]]]
+    raw = [[[103.5, 140.25, 190.0, 310.75], [40.0, 95.5, 20.25, 180.0], [0, 16, 33, 50]]]
+    out, error = (ctypes.c_uint8 * 784)(), QdmError()
+    assert libqdm.qdm_render_json(json.dumps(simplified).encode(), 0, out, ctypes.byref(error)) == 0
+    assert bytes(out) == render_strokes(simplified).tobytes() and error.message == b""
+    xs, ys, ts = ((ctypes.c_double * 4)(*values) for values in raw[0])
+    lengths = (ctypes.c_size_t * 1)(4)
+    assert libqdm.qdm_render_strokes(xs, ys, ts, lengths, 1, 0, out, ctypes.byref(error)) == 0
+    assert bytes(out) == render_strokes(raw, fmt="raw").tobytes()
+
+
+def test_c_api_errors_are_codes_and_one_line(libqdm, tmp_path):
+    out, error = (ctypes.c_uint8 * 784)(), QdmError()
+    assert libqdm.qdm_render_json(b"[[[1, 2], [3]]]", 1, out, ctypes.byref(error)) == 3  # QDM_ERROR_INPUT
+    assert error.status == 3 and b"unequal length" in error.message and b"\n" not in error.message
+    assert libqdm.qdm_render_json(None, 0, out, ctypes.byref(error)) == 1  # QDM_ERROR_ARGUMENT
+    handle = ctypes.c_void_p()
+    assert libqdm.qdm_classifier_open(str(tmp_path / "none.pte").encode(), None, ctypes.byref(handle),
+                                      ctypes.byref(error)) == 2  # QDM_ERROR_IO
+    assert handle.value is None and b"none.pte: no such exported model" in error.message
+    assert libqdm.qdm_render_json(b"[[[1, 2], [3, 4]]]", 0, out, None) == 0  # a NULL error is allowed
