@@ -50,8 +50,11 @@ trap 'rm -rf "$WORK"' EXIT
 if [ -z "$FP32" ] || [ -z "$INT8" ]; then
   echo "== exporting the default model to FP32 and INT8 .pte"
   FP32=$WORK/default_fp32.pte INT8=$WORK/default_int8.pte
-  .venv/bin/qdm export --model default --format pte --quant none --out "$FP32" >/dev/null
-  .venv/bin/qdm export --model default --format pte --quant int8 --out "$INT8" >/dev/null
+  for quant in none int8; do
+    model=$FP32; [ $quant = int8 ] && model=$INT8
+    .venv/bin/qdm export --model default --format pte --quant $quant --out "$model" >"$WORK/export.log" 2>&1 \
+      || { cat "$WORK/export.log" >&2; exit 2; }
+  done
 fi
 "$PY" - "$WORK" "$DRAWINGS" "$FP32_DRAWINGS" <<'PY'
 import sys
