@@ -46,8 +46,9 @@ def markdown_table(result: dict) -> str:
     notes = [f"- {line}" for line in summary_lines(result)]
     for row in result["results"]:
         if "carried_bytes" in row:
-            notes.append(f"- {row['name']}: an app carries {row['carried_bytes'] / 1e6:.2f} MB of code (qdm-native "
-                         f"{row['binary_bytes'] / 1e6:.2f} MB with the ExecuTorch libraries it loads) plus the model")
+            notes.append(f"- {row['name']}: an app carries {row['carried_bytes'] / 1e6:.2f} MB of code besides the "
+                         f"model and the system's C/C++ libraries (qdm-native {row['binary_bytes'] / 1e6:.2f} MB and "
+                         "the ExecuTorch libraries it loads)")
     if result["settings"].get("accuracy_on"):
         notes.append(f"- top-1 on {result['settings']['accuracy_on']}")
     return "\n".join(["# Benchmark", "", *lines, "", *notes]) + "\n"
