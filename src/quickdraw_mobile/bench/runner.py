@@ -2,7 +2,7 @@
 
 Each model reference is a *subject*: a run folder or ``default`` runs in eager PyTorch, a .pte in ExecuTorch, an
 .onnx in ONNX Runtime. A run folder or ``default`` is also exported (verified) to FP32 and INT8 .pte and .onnx
-under ``OUT/artifacts`` unless ``export=False``, so one command compares all five runtimes. For each subject:
+under ``OUT/artifacts`` unless ``export=False``, so one command compares all five runtimes (and the C++ one). For each subject:
 
 - size on disk (the .safetensors weights for eager, the file itself for an artifact);
 - single-image latency p50 / p95 (warm-up, then ``runs`` timed calls) on 1 thread and on all threads;
