@@ -9,10 +9,11 @@ import zipfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 from ..errors import QDMError
-from ..fileio import atomic_path, write_text_atomic
+from ..fileio import atomic_path, write_bytes_atomic, write_text_atomic
 
 CHECKPOINTS = "checkpoints"
 LAST = "last.pt"
@@ -24,8 +25,14 @@ METRICS = "metrics.csv"
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """Write ``state`` to ``path`` atomically: on any failure the previous file is untouched and no temporary
+    is left; an ``OSError`` or torch's own write error becomes a ``QDMError`` naming ``path``."""
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except RuntimeError as exc:  # torch's zip writer reports a full disk as "unexpected pos ..." (no errno)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise QDMError(f"{path}: could not write ({first}; is the disk full?)") from exc
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -40,8 +47,9 @@ def load_checkpoint(path: Path) -> dict:
 
 def save_weights(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp))
+    # Serialized in memory, then written by fileio: a full disk is an OSError with its reason, and the file gets
+    # the run folder's usual mode (safetensors' save_file makes 0600 files of its own).
+    write_bytes_atomic(path, safetensors_bytes(tensors))
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -81,3 +89,10 @@ def read_metrics_csv(path: Path) -> list[dict]:
         return []
     with open(path, newline="", encoding="utf-8") as fh:
         return [{k: float(v) if k != "epoch" else int(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def history_until(rows: list[dict], epochs: int) -> list[dict]:
+    """One row per epoch 1..``epochs`` (the last row of each wins): what a run's metrics.csv must hold when its
+    checkpoint has ``epochs`` epochs done, whatever an earlier kill left in the file."""
+    by_epoch = {row["epoch"]: row for row in rows if 1 <= row["epoch"] <= epochs}
+    return [by_epoch[e] for e in sorted(by_epoch)]

@@ -5,6 +5,11 @@ model is built), the batch order and augmentation (the loader derives them from 
 and dropout (torch's global RNG, saved in every checkpoint); the weight average, when on, is saved too. So a
 run interrupted at any step and resumed from ``checkpoints/last.pt`` ends with the same weights as an
 uninterrupted run.
+
+A fresh run writes ``last.pt`` before its first step, so a run folder that holds anything is resumable. At each
+epoch's end the files are written best.pt and weights, then last.pt, then metrics.csv; the checkpoints carry the
+metrics rows too, and a resume rewrites metrics.csv from them, so whatever a kill or a failed write interrupts,
+the next resume continues from the last good checkpoint with exactly one metrics row per finished epoch.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shlex
 import signal
 import threading
 import time
@@ -26,7 +32,14 @@ from tqdm.auto import tqdm
 from ..data.loader import BatchLoader
 from ..data.store import Store
 from ..errors import QDMError
-from ..fileio import save_npy_atomic, write_json_atomic, write_text_atomic
+from ..fileio import (
+    blocking_file,
+    ensure_dir,
+    remove_stale_temporaries,
+    save_npy_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 from ..inference import logits_for_split
 from ..models import create_model
 from ..models.profile import count_macs, count_params
@@ -110,13 +123,74 @@ def _interrupt_at_step_boundary():
             signal.signal(sig, handler)
 
 
-def _prepare_run_dir(out: Path, resume: bool) -> None:
+def _data_arg(data_dir: Path) -> str:
+    """``--data`` for the store ``data_dir``, shell-quoted: ``embedded`` for the unpacked embedded subset."""
+    from ..data.embedded import cache_dir
+
+    data_dir = Path(data_dir)
+    embedded = data_dir.parent == cache_dir() and data_dir.name.startswith("embedded-")
+    return "embedded" if embedded else shlex.quote(str(data_dir))
+
+
+def resume_command(out: Path, data_dir: Path) -> str:
+    """The command line that continues the run in ``out`` on the store ``data_dir``."""
+    return f"qdm train --resume {shlex.quote(str(out))} --data {_data_arg(data_dir)}"
+
+
+def _holds_run(out: Path) -> bool:
+    """Whether ``out`` holds something a fresh run would overwrite: a checkpoint or trained weights."""
+    return any(path.exists() for path in (out / ckpt.CHECKPOINTS / ckpt.LAST, out / ckpt.CHECKPOINTS / ckpt.BEST,
+                                          out / ckpt.WEIGHTS))
+
+
+def _prepare_run_dir(out: Path, resume: bool, data_dir: Path, is_main: bool) -> Path | None:
+    """Check ``out`` for a fresh run or a resume, tidy what a killed process left in it, and return the checkpoint
+    to resume from (None for a fresh run).
+
+    A folder without checkpoint or weights (a run killed, or out of disk space, before its first checkpoint) is
+    reused by a fresh run. Resuming falls back to best.pt when last.pt is missing (a folder written before
+    last.pt was saved first): best.pt holds the whole state at its epoch's end, and the epochs after it are
+    trained again, to the same numbers."""
+    checkpoints = out / ckpt.CHECKPOINTS
     if resume:
-        if not (out / ckpt.CHECKPOINTS / ckpt.LAST).exists():
+        source = next((p for p in (checkpoints / ckpt.LAST, checkpoints / ckpt.BEST) if p.exists()), None)
+        if source is None:
+            if (out / ckpt.CONFIG).is_file():
+                raise QDMError(f"{out}: nothing to resume (stopped before its first checkpoint); start it again "
+                               f"with: qdm train --config {shlex.quote(str(out / ckpt.CONFIG))} "
+                               f"--data {_data_arg(data_dir)} --out {shlex.quote(str(out))}")
             raise QDMError(f"{out}: nothing to resume (no {ckpt.CHECKPOINTS}/{ckpt.LAST})")
-        return
-    if (out / ckpt.CHECKPOINTS).exists() or (out / ckpt.WEIGHTS).exists():
-        raise QDMError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
+    else:
+        source = None
+        blocker = blocking_file(out)
+        if blocker is not None:
+            raise QDMError(f"{out}: cannot create the run folder ({blocker} is a file, not a folder)")
+        if _holds_run(out):
+            raise QDMError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
+    if is_main:
+        for folder in (out, checkpoints):
+            remove_stale_temporaries(folder)
+        if not resume:
+            (out / ckpt.METRICS).unlink(missing_ok=True)  # rows of an earlier start that never checkpointed
+    return source
+
+
+@contextlib.contextmanager
+def _explain_write_failure(out: Path, data_dir: Path):
+    """A failed write (disk full, read-only, ...) says what is kept and how to go on."""
+    try:
+        yield
+    except QDMError as exc:
+        last = out / ckpt.CHECKPOINTS / ckpt.LAST
+        if not out.is_dir():  # the folder itself could not be made: the message says why, nothing to add
+            raise
+        if last.exists():
+            then = f"{last} keeps the last good state; once it can be written, continue with: " \
+                   f"{resume_command(out, data_dir)}"
+        else:
+            then = ("nothing was checkpointed; once it can be written, run the same command again (it reuses the "
+                    "folder)")
+        raise QDMError(f"{exc}; {then}") from exc
 
 
 def train(
@@ -125,29 +199,42 @@ def train(
     out: str | Path,
     *,
     resume: bool = False,
+    epochs: int | None = None,
     progress: bool = True,
     stop_after_steps: int | None = None,
 ) -> dict:
     """Train ``cfg.model`` on the store at ``data_dir`` into the run folder ``out``; returns the run summary.
 
-    ``stop_after_steps`` ends this invocation cleanly after that many optimizer steps, leaving a checkpoint
-    that ``resume=True`` continues from (the same happens on Ctrl-C).
+    ``resume=True`` continues the run in ``out`` with its own config.yaml (``cfg`` is ignored); ``epochs`` then
+    changes its length (at least the epochs already done; config.yaml is updated, and the cosine learning-rate
+    schedule is recomputed over the new length from the current step on, so the result is not that of a run
+    started with that many epochs). ``stop_after_steps`` ends this invocation cleanly after that many optimizer
+    steps, leaving a checkpoint that ``resume=True`` continues from (the same happens on Ctrl-C).
     """
+    if epochs is not None and not resume:
+        raise QDMError("epochs: only for a resume; a new run takes its epochs from its config")
     out = Path(out)
     ctx = setup()
     try:
         with _interrupt_at_step_boundary() as stop_requested:
-            return _train(cfg, Path(data_dir), out, ctx, resume, progress, stop_after_steps, stop_requested)
+            return _train(cfg, Path(data_dir), out, ctx, resume, epochs, progress, stop_after_steps,
+                          stop_requested)
     finally:
         teardown(ctx)
 
 
-def _train(cfg, data_dir, out, ctx, resume, progress, stop_after_steps, stop_requested) -> dict:
-    _prepare_run_dir(out, resume)
-    state = None
+def _train(cfg, data_dir, out, ctx, resume, epochs, progress, stop_after_steps, stop_requested) -> dict:
+    source = _prepare_run_dir(out, resume, data_dir, ctx.is_main)
+    state, new_length = None, None
     if resume:
         cfg = load_config(out / ckpt.CONFIG)  # the run's own config, so the schedule is unchanged
-        state = ckpt.load_checkpoint(out / ckpt.CHECKPOINTS / ckpt.LAST)
+        state = ckpt.load_checkpoint(source)
+        if epochs is not None and epochs != cfg.epochs:
+            if epochs < state["epoch"]:
+                raise QDMError(f"--epochs: the run in {out} has done {state['epoch']} epochs already; "
+                               f"expected at least {state['epoch']}")
+            new_length = (cfg.epochs, epochs)
+            cfg = cfg.updated(epochs=epochs)
     _configure_threads(cfg, ctx)
 
     store = Store.open(data_dir)
@@ -206,17 +293,12 @@ def _train(cfg, data_dir, out, ctx, resume, progress, stop_after_steps, stop_req
         return ((1.0 - teaching.weight) * hard
                 + teaching.weight * distill.soft_cross_entropy(logits, soft, teaching.temperature))
 
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / ckpt.CHECKPOINTS).mkdir(exist_ok=True)
-        if not resume:
-            write_text_atomic(out / ckpt.CONFIG, cfg.to_yaml())
-            ckpt.write_labels(out / ckpt.LABELS, classes)
-            if soft_table is not None:
-                save_npy_atomic(out / distill.TEACHER_PROBS, soft_table)
-    writer = _tensorboard(out) if ctx.is_main else None
-
-    history = ckpt.read_metrics_csv(out / ckpt.METRICS) if resume else []
+    if state is None:
+        history = []
+    elif "history" in state:
+        history = [dict(row) for row in state["history"]]
+    else:  # a checkpoint written before the rows were kept in it: the file's rows up to its epoch, once each
+        history = ckpt.history_until(ckpt.read_metrics_csv(out / ckpt.METRICS), state["epoch"])
     epoch, batch_in_epoch = (state["epoch"], state["batch_in_epoch"]) if state else (0, 0)
     best_top1, bad_epochs = (state["best_top1"], state["bad_epochs"]) if state else (-1.0, 0)
     running = list(state["running"]) if state else [0.0, 0.0, 0.0]  # loss sum, correct, seen (this epoch)
@@ -229,7 +311,30 @@ def _train(cfg, data_dir, out, ctx, resume, progress, stop_after_steps, stop_req
                 "bad_epochs": bad_epochs, "running": list(running)}
         if ema is not None:
             snap["ema"] = ema.state_dict()
+        snap["history"] = [dict(row) for row in history]  # the metrics rows of the finished epochs
         return snap
+
+    if ctx.is_main:
+        with _explain_write_failure(out, data_dir):
+            ensure_dir(out / ckpt.CHECKPOINTS)
+            if not resume:
+                write_text_atomic(out / ckpt.CONFIG, cfg.to_yaml())
+                ckpt.write_labels(out / ckpt.LABELS, classes)
+                if soft_table is not None:
+                    save_npy_atomic(out / distill.TEACHER_PROBS, soft_table)
+                ckpt.save_checkpoint(out / ckpt.CHECKPOINTS / ckpt.LAST, snapshot())  # resumable from step 0 on
+            else:
+                if new_length is not None:
+                    write_text_atomic(out / ckpt.CONFIG, cfg.to_yaml())
+                if history:  # the checkpoint's rows: a kill may have left the file a row ahead or behind
+                    ckpt.write_metrics_csv(out / ckpt.METRICS, history)
+                else:
+                    (out / ckpt.METRICS).unlink(missing_ok=True)
+        if progress and resume:
+            length = (f"; epochs {new_length[0]} -> {new_length[1]} (config.yaml updated, the learning-rate "
+                      f"schedule now spans {new_length[1]} epochs)" if new_length else "")
+            tqdm.write(f"resuming {out} from {source.name} at epoch {epoch + 1}, batch {batch_in_epoch}{length}")
+    writer = _tensorboard(out) if ctx.is_main else None
 
     try:
         while epoch < cfg.epochs and not stopped_early:
@@ -294,11 +399,12 @@ def _train(cfg, data_dir, out, ctx, resume, progress, stop_after_steps, stop_req
             stopped_early = broadcast_flag(ctx, cfg.patience > 0 and bad_epochs >= cfg.patience)
             if ctx.is_main:
                 _log_epoch(writer, row)
-                ckpt.write_metrics_csv(out / ckpt.METRICS, history)
-                if improved:
-                    ckpt.save_checkpoint(out / ckpt.CHECKPOINTS / ckpt.BEST, snapshot())
-                    ckpt.save_weights(out / ckpt.WEIGHTS, eval_model.state_dict())
-                ckpt.save_checkpoint(out / ckpt.CHECKPOINTS / ckpt.LAST, snapshot())
+                with _explain_write_failure(out, data_dir):
+                    if improved:
+                        ckpt.save_checkpoint(out / ckpt.CHECKPOINTS / ckpt.BEST, snapshot())
+                        ckpt.save_weights(out / ckpt.WEIGHTS, eval_model.state_dict())
+                    ckpt.save_checkpoint(out / ckpt.CHECKPOINTS / ckpt.LAST, snapshot())
+                    ckpt.write_metrics_csv(out / ckpt.METRICS, history)  # after last.pt, which holds the rows too
                 if progress:
                     tqdm.write(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}"
                                f" | val loss {val_loss:.4f} top-1 {val_top1:.4f}"
@@ -306,10 +412,11 @@ def _train(cfg, data_dir, out, ctx, resume, progress, stop_after_steps, stop_req
     except KeyboardInterrupt:
         interrupted = True
         if ctx.is_main:
-            ckpt.save_checkpoint(out / ckpt.CHECKPOINTS / ckpt.LAST, snapshot())
+            with _explain_write_failure(out, data_dir):
+                ckpt.save_checkpoint(out / ckpt.CHECKPOINTS / ckpt.LAST, snapshot())
             if progress:
                 tqdm.write(f"stopped at epoch {epoch + 1}, batch {batch_in_epoch}; "
-                           f"continue with: qdm train --resume {out}")
+                           f"continue with: {resume_command(out, data_dir)}")
     finally:
         if writer is not None:
             writer.close()
@@ -325,7 +432,8 @@ def _train(cfg, data_dir, out, ctx, resume, progress, stop_after_steps, stop_req
         "threads": torch.get_num_threads(), "world_size": ctx.world_size,
     }
     if ctx.is_main and not interrupted:
-        write_json_atomic(out / "train_summary.json", summary)
+        with _explain_write_failure(out, data_dir):
+            write_json_atomic(out / "train_summary.json", summary)
     return summary
 
 
