@@ -193,7 +193,8 @@ def stage_data(ctx: Context) -> dict:
     else:
         from .data.ingest import ingest
 
-        store_dir = ingest(Path(source), ctx.out / "data").root
+        # the run's own copy of the configured source: a smaller source replaces it (the config says so)
+        store_dir = ingest(Path(source), ctx.out / "data", allow_shrink=True).root
     store = Store.open(store_dir)
     train_cfg = _train_config(ctx.config)
     spec = train_cfg.split_spec()

@@ -13,6 +13,7 @@ import torch
 
 from .data.store import check_bitmap_array
 from .errors import QDMError
+from .export.selfcheck import check_finite
 from .fileio import write_text_atomic
 from .inference import logits_for_pixels
 from .modelref import is_artifact, load_model
@@ -56,6 +57,7 @@ def predict_file(model_ref: str, input_path: str | Path, out: str | Path, k: int
     else:
         loaded = load_model(model_ref)
         logits, labels = logits_for_pixels(loaded.model, pixels), loaded.labels
+    check_finite(logits, f"{model_ref}: the model", f"drawings of {input_path}")  # NaN probabilities: not JSON
     probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
     rows = top_k(probs, labels, k)
     write_text_atomic(out, "".join(json.dumps(r) + "\n" for r in rows))

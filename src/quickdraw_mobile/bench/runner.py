@@ -11,6 +11,7 @@ under ``OUT/artifacts`` unless ``export=False``, so one command compares all fiv
 - peak resident memory of a fresh process that loads it and runs it (``bench.memory``);
 - with ``qdm-native`` built (native/), an "ExecuTorch C++" row for every .pte: the same file in ExecuTorch's C++
   runtime, timed and measured by ``qdm-native bench`` in a process of its own (``bench.native``);
+- a subject whose logits on the benchmark batch are NaN or infinite is an error before anything is timed;
 - top-1 on real labelled drawings (the model's test split with ``data_dir``, else its bundled sample) and
   agreement with the eager model's top-1, when the subject's classes are the model's.
 
@@ -32,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import QDMError
+from ..export.selfcheck import check_finite
 from ..modelref import DEFAULT, is_artifact, load_model, resolve_run_dir
 from ..models.profile import count_macs
 from ..train import checkpoint as ckpt
@@ -135,6 +137,12 @@ def _accuracy(subjects: list[Subject], drawings, threads: int, native_preds: dic
             for name, p in preds.items()}
 
 
+def _check_batch(subjects: list[Subject], batch: int) -> None:
+    for s in subjects:
+        if s.runtime == "executorch" and batch > s.max_batch:
+            raise QDMError(f"--batch: {s.ref} takes batches of at most {s.max_batch}, got {batch}")
+
+
 def run_bench(refs: list[str], out: str | Path, data_dir: str | Path | None = None, runs: int = 200,
               warmup: int = 20, batch: int = 32, threads: list[int] | None = None, memory: bool = True,
               export: bool = True, calib: int = 2048, native: bool = True) -> dict:
@@ -143,22 +151,9 @@ def run_bench(refs: list[str], out: str | Path, data_dir: str | Path | None = No
         raise QDMError(f"--runs, --warmup, --batch: expected positive numbers, got {runs}, {warmup}, {batch}")
     out = Path(out)
     threads = sorted(set(threads or [1, _all_threads()]))
-    subjects: list[Subject] = []
     model_refs = [r for r in refs if not is_artifact(r)]
-    for ref in refs:
-        if is_artifact(ref):
-            subjects.append(artifact_subject(ref))
-            continue
-        subjects.append(eager_subject(ref))
-        if export:
-            subjects += [artifact_subject(p) for p in export_subjects(ref, out / "artifacts", data_dir, calib)]
-    for s in subjects:
-        if s.runtime == "executorch" and batch > s.max_batch:
-            raise QDMError(f"--batch: {s.ref} takes batches of at most {s.max_batch}, got {batch}")
-    names = [s.name for s in subjects]
-    for s in subjects:  # two files of the same kind: tell them apart by file name
-        if names.count(s.name) > 1:
-            s.name = f"{s.name} ({Path(s.ref).name})"
+    given = [artifact_subject(r) if is_artifact(r) else eager_subject(r) for r in refs]
+    _check_batch(given, batch)
 
     from ..export.calibration import verification_set
 
@@ -173,7 +168,23 @@ def run_bench(refs: list[str], out: str | Path, data_dir: str | Path | None = No
     native_rows: list[tuple[dict, Subject]] = []
     torch_threads = torch.get_num_threads()
     results = []
+    subjects = list(given)
     try:
+        for s in given:  # a model that computes NaN is refused before anything is exported, timed or written
+            with torch.inference_mode():
+                check_finite(np.asarray(s.open(max(threads))(x_batch)), f"{s.ref}: the model", "benchmark drawings")
+        if export:  # each run folder's exports follow it; each export checks its own file's logits
+            subjects = []
+            for s in given:
+                subjects.append(s)
+                if s.runtime == "pytorch":
+                    subjects += [artifact_subject(p) for p in export_subjects(s.ref, out / "artifacts", data_dir,
+                                                                              calib)]
+            _check_batch(subjects, batch)
+        names = [s.name for s in subjects]
+        for s in subjects:  # two files of the same kind: tell them apart by file name
+            if names.count(s.name) > 1:
+                s.name = f"{s.name} ({Path(s.ref).name})"
         peaks = {str(t): peak_gmacs(t) for t in threads}
         with torch.inference_mode():
             for s in tqdm(subjects, desc="bench", unit="runtime"):
@@ -205,7 +216,7 @@ def run_bench(refs: list[str], out: str | Path, data_dir: str | Path | None = No
                 row.update(scores.get(row["name"], {}))
     finally:
         torch.set_num_threads(torch_threads)
-        if any(s.runtime == "executorch" for s in subjects):
+        if any(s.runtime == "executorch" for s in [*given, *subjects]):
             _reset_executorch_threads(_all_threads())
     return {
         "machine": {"cpu": _cpu_name(), "cores": _all_threads(),

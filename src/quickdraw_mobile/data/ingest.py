@@ -11,6 +11,9 @@ invocation is all-or-nothing:
 If anything fails before the commit, the staging folder is removed and the store is exactly as it was.
 Classes already in the store are replaced only by a successful ingest of the same class. (The commit is
 renames plus manifest writes, one class at a time: only a crash in that last instant can leave a mix.)
+A class is never cut down to fewer drawings than the store holds (a smaller file, or ``--per-class``) unless
+``allow_shrink`` (``--allow-shrink``) says so: like ``qdm data download``, which never cuts a class down, an
+ingest refuses, before any pixel is copied when the counts are known from the headers.
 
 Choices:
 - Files with other extensions in a folder are skipped with a warning (folders often hold READMEs or
@@ -51,10 +54,12 @@ class _Input:
     rows: int | None = None  # known after the cheap check for .npy / .bin; .ndjson only once rendered
 
 
-def ingest(path: Path, out: Path, classes: list[str] | None = None, max_per_class: int | None = None) -> Store:
+def ingest(path: Path, out: Path, classes: list[str] | None = None, max_per_class: int | None = None,
+           allow_shrink: bool = False) -> Store:
     """Add the classes found at ``path`` (a folder of ``<class>.<ext>`` files, or one file) to the store ``out``.
 
-    ``classes`` restricts which classes are ingested; ``max_per_class`` keeps the first N rows of each.
+    ``classes`` restricts which classes are ingested; ``max_per_class`` keeps the first N rows of each. A class
+    the store holds with more drawings than would be kept is an error unless ``allow_shrink``.
     """
     path, out = Path(path), Path(out)
     if max_per_class is not None and max_per_class < 1:
@@ -65,8 +70,11 @@ def ingest(path: Path, out: Path, classes: list[str] | None = None, max_per_clas
 
     if out.exists() and not out.is_dir():
         raise QDMError(f"{out}: expected a folder for the store, found a file")
-    if (out / MANIFEST).exists():
-        Store.open(out)  # a damaged store fails here, before any work
+    held = Store.open(out).counts if (out / MANIFEST).exists() else {}  # a damaged store fails here, before work
+    shrink_check = {} if allow_shrink else held
+    for item in inputs:  # what the headers already tell (.npy, .bin; --per-class bounds an .ndjson too)
+        _refuse_shrinking(shrink_check, item, min((n for n in (item.rows, max_per_class) if n is not None),
+                                                  default=None), max_per_class, out)
     out_existed = out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -76,6 +84,8 @@ def ingest(path: Path, out: Path, classes: list[str] | None = None, max_per_clas
     try:
         with tqdm(inputs, desc="ingest", unit="file") as bar:
             staged = [_stage(item, staging, max_per_class) for item in bar]
+        for item, entry in zip(inputs, staged, strict=True):  # rendered .ndjson: its count is known only now
+            _refuse_shrinking(shrink_check, item, entry["count"], max_per_class, out)
         store = Store.create(out)
         for entry in staged:
             os.replace(staging / entry["file"], out / entry["file"])
@@ -172,6 +182,17 @@ def _check_npy(path: Path, size: int) -> int:
     if size < expected:
         raise QDMError(f"{path}: truncated: header says {rows} rows ({expected} bytes), file has {size} bytes")
     return rows
+
+
+def _refuse_shrinking(held: dict[str, int], item: _Input, keep: int | None, max_per_class: int | None,
+                      out: Path) -> None:
+    """An error when ingesting ``item`` would leave its class with fewer drawings (``keep``) than ``held``."""
+    have = held.get(item.name)
+    if keep is None or have is None or keep >= have:
+        return
+    why = f" (--per-class {max_per_class})" if keep == max_per_class else ""
+    raise QDMError(f"{out}: class {item.name!r} has {have} drawings; ingesting {item.path.name} would cut it down "
+                   f"to {keep}{why}; pass --allow-shrink to replace it with fewer")
 
 
 # ------------------------------------------------------------------------------------------------ staging

@@ -1,12 +1,13 @@
 """``qdm export``: a run folder (or ``default``) -> a verified .pte or .onnx with its metadata and labels.
 
 Order of work, so that nothing wrong ever sits under the final name:
-1. load the model and the real drawings (calibration: training split; verification: test split or sample);
+1. load the model and the real drawings (calibration: training split; verification: test split or sample), and
+   run the verification drawings through the eager model (non-finite logits, e.g. NaN weights, are an error);
 2. convert (ExecuTorch + XNNPACK, or ONNX; FP32 or static INT8);
 3. write the bytes to a temporary file beside ``--out``, load it in its own runtime, run the verification
-   drawings through it and through the eager model, and compare (an FP32 export that changes the top-1 class of
-   more than 0.5% of them is an error); a few of those drawings, with the artifact's own answers, become the
-   device self-check in the metadata (``selfcheck``; non-finite logits are an error);
+   drawings through it and compare its logits with the eager model's (non-finite logits are an error, and so is
+   an FP32 export that changes the top-1 class of more than 0.5% of the drawings); a few of those drawings, with
+   the artifact's own answers, become the device self-check in the metadata (``selfcheck``);
 4. write the sidecars (metadata.json, labels.txt), then rename the artifact into place. A failure at any step
    leaves earlier files untouched.
 """
@@ -25,7 +26,7 @@ from .calibration import calibration_set, verification_set
 from .metadata import build_metadata, labels_text, read_metadata, sidecar_paths
 from .runtime import Artifact
 from .selfcheck import build_selfcheck
-from .verify import check_agreement, verify_artifact
+from .verify import check_agreement, eager_logits, verify_artifact
 
 FORMATS = {"pte": ".pte", "onnx": ".onnx"}
 QUANT_MODES = ("none", "int8")
@@ -48,6 +49,7 @@ def export_model(model_ref: str | Path, fmt: str, quant: str, out: str | Path, d
     out = check_options(fmt, quant, out)
     loaded = load_model(model_ref)
     verification = verification_set(model_ref, data_dir)
+    eager = eager_logits(loaded.model, verification, str(out))
     calibration = calibration_set(model_ref, data_dir, calib, seed) if quant == "int8" else None
     pixels = calibration.pixels if calibration else None
 
@@ -83,7 +85,7 @@ def export_model(model_ref: str | Path, fmt: str, quant: str, out: str | Path, d
         tmp.write_bytes(data)
         metadata = build_metadata(name=out.name, written=tmp, quant=quant, classes=loaded.labels,
                                   max_batch=max_batch, model=model_info, export=export_info)
-        result, logits = verify_artifact(Artifact(tmp, metadata, loaded.labels), loaded.model, verification,
+        result, logits = verify_artifact(Artifact(tmp, metadata, loaded.labels, probe=False), eager, verification,
                                          str(out))
         check_agreement(result, quant, str(out))
         metadata["verification"] = result

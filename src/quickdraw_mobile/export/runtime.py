@@ -5,6 +5,9 @@ file in its own runtime (``executorch.runtime`` for .pte, ``onnxruntime`` for .o
 declares against the metadata: one input of (batch, 1, 28, 28) float32, one output of (batch, num_classes).
 Verification, ``qdm predict``, ``qdm bench`` and the web server all run models through this class.
 
+A .pte is first loaded once in a child process (``_check_pte_loads``): some corrupt files make ExecuTorch's
+Python binding abort the process instead of raising, and a child can die in our place.
+
 Nothing here imports torch unless a .pte is loaded (ExecuTorch's Python binding takes torch tensors), so an
 ONNX Runtime process stays as small as an app's would be.
 
@@ -17,6 +20,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,7 +57,63 @@ def quiet_executorch_import() -> None:
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
 
-def _open_executorch(path: Path, threads: int | None) -> tuple[Forward, list, list]:
+# The flatbuffer file identifier of an ExecuTorch program, at bytes 4..8: the first thing ExecuTorch checks.
+PTE_IDENTIFIER = b"ET12"
+PROBE_TIMEOUT_S = 300
+# A child process that loads the program and its method in ExecuTorch, as _open_executorch does (the bare binding
+# registers the same kernels and backends, without importing torch: under a second); a Python error is its one line.
+_PROBE = """import sys
+try:
+    from executorch.extension.pybindings import _C
+    _C._load_program(sys.argv[1]).load_method("forward")
+except Exception as exc:
+    print(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    sys.exit(3)
+"""
+_probed: set[tuple] = set()  # files this process has seen load in a child: (path, size, mtime, inode)
+
+
+def _check_pte_loads(path: Path) -> None:
+    """A QDMError unless ExecuTorch can load ``path``, found out where a failure cannot take this process down.
+
+    During every call, ExecuTorch's Python binding redirects ``std::cerr`` (where its log goes) into
+    ``sys.stderr`` with pybind11's ``scoped_estream_redirect``, which decodes the text as strict UTF-8 when the
+    stream flushes: after each output, in the destructor of the stream's sentry, where an exception cannot pass.
+    A log line that is not UTF-8 therefore ends the process with ``std::terminate`` (SIGABRT, exit 134) instead of
+    raising. ExecuTorch puts bytes of the file into its log lines (a wrong file identifier, an unknown backend or
+    operator name), so a corrupt .pte whose metadata matches it would abort ``qdm predict``, ``bench`` or
+    ``serve``. Hence: the identifier is checked here, then the file is loaded once in a child process, which may
+    die in our place, before this process loads it."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+        stat = path.stat()
+    except OSError as exc:
+        raise QDMError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if head[4:8] != PTE_IDENTIFIER:
+        raise QDMError(f"{path}: ExecuTorch cannot load it (bytes 4..8 are {head[4:8]!r}, not the program "
+                       f"identifier {PTE_IDENTIFIER!r}); corrupt or not a .pte")
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if key in _probed:
+        return
+    try:
+        done = subprocess.run([sys.executable, "-c", _PROBE, str(path)], capture_output=True, text=True,
+                              errors="replace", timeout=PROBE_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise QDMError(f"{path}: ExecuTorch did not finish loading it within {PROBE_TIMEOUT_S} s") from exc
+    if done.returncode < 0:
+        reason = f"the loader crashed with {signal.Signals(-done.returncode).name}"
+    elif done.returncode:
+        reason = (done.stdout.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+    else:
+        _probed.add(key)
+        return
+    raise QDMError(f"{path}: ExecuTorch cannot load it ({reason}); corrupt or not a .pte")
+
+
+def _open_executorch(path: Path, threads: int | None, probe: bool = True) -> tuple[Forward, list, list]:
+    if probe:
+        _check_pte_loads(path)
     quiet_executorch_import()
     import torch
     from executorch.extension.pybindings import portable_lib
@@ -78,7 +140,7 @@ def _open_executorch(path: Path, threads: int | None) -> tuple[Forward, list, li
     return forward, in_shape, out_shape
 
 
-def _open_onnxruntime(path: Path, threads: int | None) -> tuple[Forward, list, list]:
+def _open_onnxruntime(path: Path, threads: int | None, probe: bool = True) -> tuple[Forward, list, list]:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -106,7 +168,10 @@ def _open_onnxruntime(path: Path, threads: int | None) -> tuple[Forward, list, l
 class Artifact:
     """An exported model loaded in its own runtime, with its checked metadata and labels."""
 
-    def __init__(self, path: str | Path, metadata: dict, labels: list[str], threads: int | None = None):
+    def __init__(self, path: str | Path, metadata: dict, labels: list[str], threads: int | None = None,
+                 probe: bool = True):
+        """``probe=False`` skips loading a .pte in a child process first: only for bytes this process just
+        serialized itself (the export's own verification), never for a file from outside."""
         self.path = Path(path)
         self.metadata = metadata
         self.labels = labels
@@ -114,7 +179,7 @@ class Artifact:
         self.num_classes = int(metadata["num_classes"])
         self.max_batch = metadata["input"].get("batch", {}).get("max")
         opener = _open_executorch if self.runtime == "executorch" else _open_onnxruntime
-        self._forward, in_shape, out_shape = opener(self.path, threads)
+        self._forward, in_shape, out_shape = opener(self.path, threads, probe)
         self._check_shapes(in_shape, out_shape)
 
     def _check_shapes(self, in_shape: list, out_shape: list) -> None:
@@ -158,7 +223,8 @@ class Artifact:
                               [np.zeros((0, self.num_classes), dtype=np.float32)])
 
 
-def load_artifact(path: str | Path, threads: int | None = None) -> Artifact:
-    """Load a .pte or .onnx with its checked sidecars. ``threads``: compute threads (None: the runtime's default)."""
+def load_artifact(path: str | Path, threads: int | None = None, probe: bool = True) -> Artifact:
+    """Load a .pte or .onnx with its checked sidecars. ``threads``: compute threads (None: the runtime's default);
+    ``probe``: see ``Artifact`` (False only for files this process wrote itself)."""
     metadata, labels = read_metadata(path)
-    return Artifact(path, metadata, labels, threads=threads)
+    return Artifact(path, metadata, labels, threads=threads, probe=probe)

@@ -35,12 +35,16 @@ REL_TOLERANCE = {"none": 1e-3, "int8": 5e-2}
 HEX_BITMAP = re.compile(f"[0-9a-f]{{{2 * PIXELS}}}")
 
 
-def check_finite(logits: np.ndarray, what: str) -> None:
-    """Non-finite logits would make metadata.json invalid JSON: a clear error instead."""
-    bad = ~np.isfinite(logits).all(axis=1)
+def check_finite(logits: np.ndarray, what: str, drawings: str = "verification drawings") -> None:
+    """A one-line error naming ``what`` when any row of ``logits`` holds NaN or infinity (say, NaN weights).
+
+    The one check every verb that runs a model makes on what it computed, before writing anything: ``qdm export``
+    (eager and exported logits), ``qdm predict``, ``qdm quantize`` (the model, then each method) and ``qdm bench``
+    (each subject). Non-finite logits give NaN probabilities, and NaN is not JSON."""
+    bad = ~np.isfinite(np.asarray(logits)).all(axis=1)
     if bad.any():
         raise QDMError(f"{what} produces non-finite logits (NaN or infinity) on {int(bad.sum())} of {len(bad)} "
-                       "verification drawings; nothing was written")
+                       f"{drawings}; nothing was written")
 
 
 def margins(logits: np.ndarray) -> np.ndarray:

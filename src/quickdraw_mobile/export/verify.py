@@ -31,13 +31,20 @@ def compare_logits(eager: np.ndarray, exported: np.ndarray, labels: np.ndarray |
     return report
 
 
-def verify_artifact(artifact: Artifact, model: nn.Module, drawings: Drawings,
-                    where: str = "export") -> tuple[dict, np.ndarray]:
-    """Run ``drawings`` through the eager model and through ``artifact``: the comparison, with its source, and the
-    artifact's logits (for the self-check). Non-finite logits are an error naming ``where``."""
+def eager_logits(model: nn.Module, drawings: Drawings, where: str = "export") -> np.ndarray:
+    """The eager model's logits on ``drawings``; non-finite ones are an error naming ``where``, raised before any
+    conversion (INT8 calibration fails obscurely on NaN)."""
     eager = logits_for_pixels(model, drawings.pixels)
-    exported = artifact.run_pixels(drawings.pixels)
     check_finite(eager, f"{where}: the eager model")
+    return eager
+
+
+def verify_artifact(artifact: Artifact, eager: np.ndarray, drawings: Drawings,
+                    where: str = "export") -> tuple[dict, np.ndarray]:
+    """Run ``drawings`` through ``artifact`` and compare with the eager model's logits on them (``eager_logits``):
+    the comparison, with its source, and the artifact's logits (for the self-check). Non-finite logits are an
+    error naming ``where``."""
+    exported = artifact.run_pixels(drawings.pixels)
     check_finite(exported, f"{where}: the exported model")
     return {"source": drawings.source, **compare_logits(eager, exported, drawings.labels)}, exported
 

@@ -11,13 +11,20 @@ Fairness is the point of the table, so everything a method does not choose is sh
   runs it (``bench.memory``).
 
 Outputs in ``out``: ``comparison.json`` (a list of rows), ``comparison.md``, ``accuracy_vs_size.png``,
-``accuracy_vs_latency.png`` and ``artifacts/<method>.pte`` (+ sidecars).
+``accuracy_vs_latency.png`` and ``artifacts/<method>.pte`` (+ sidecars). Non-finite logits (NaN weights, a method
+that overflows) are an error: the model's on the calibration drawings before any method runs, each method's on
+the test drawings. The artifacts are made in a staging folder and moved into ``artifacts/`` only when every
+method succeeded, so a failed comparison changes nothing an earlier one wrote.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +35,9 @@ from tqdm.auto import tqdm
 from ..data.loader import normalize
 from ..errors import QDMError
 from ..export.calibration import calibration_set, run_splits, verification_set
+from ..export.selfcheck import check_finite
 from ..fileio import atomic_path, write_json_atomic, write_text_atomic
+from ..inference import logits_for_pixels
 from ..modelref import DEFAULT, load_model, resolve_run_dir
 from ..models.profile import count_macs, count_params
 from .artifact import save_pte
@@ -40,18 +49,20 @@ COLUMNS = ("method", "bits", "top1", "top5", "delta_top1", "delta_top5", "size_b
            "peak_mem_mb", "artifact")
 
 
-def _scores(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+def _scores(logits: np.ndarray, labels: np.ndarray, what: str) -> tuple[float, float]:
+    """Top-1 and top-5 (%) of a method's logits on the test drawings; non-finite logits are an error naming ``what``."""
+    check_finite(logits, what, "test drawings")
     top5 = np.argsort(-logits, axis=1)[:, :5]
     return 100.0 * float((top5[:, 0] == labels).mean()), 100.0 * float((top5 == labels[:, None]).any(1).mean())
 
 
-def _measure(path: Path, test, threads: int, runs: int, memory: bool) -> dict:
+def _measure(path: Path, test, threads: int, runs: int, memory: bool, what: str) -> dict:
     from ..bench.latency import latency
     from ..bench.memory import peak_memory
     from ..export import load_artifact
 
-    artifact = load_artifact(path, threads=threads)
-    top1, top5 = _scores(artifact.run_pixels(test.pixels), test.labels)
+    artifact = load_artifact(path, threads=threads, probe=False)  # written by this process's method just now
+    top1, top5 = _scores(artifact.run_pixels(test.pixels), test.labels, what)
     one = np.ascontiguousarray(normalize(test.pixels[:1]).numpy())
     row = {"top1": top1, "top5": top5, "size_bytes": path.stat().st_size,
            "latency_ms_p50": latency(artifact.run, one, runs=runs, warmup=max(1, runs // 10))["p50_ms"]}
@@ -77,32 +88,36 @@ def compare(model_ref: str | Path, methods: list[str], out: str | Path, data_dir
     test = verification_set(model_ref, data_dir)
     train = (TrainingData(run_splits(resolve_run_dir(model_ref), data_dir)["train"], loaded.config)
              if needs_data else None)
+    # NaN weights and the like: refused before any method runs (INT8 calibration fails obscurely on NaN)
+    check_finite(logits_for_pixels(loaded.model, calibration.pixels), f"{model_ref}: the model",
+                 "calibration drawings")
     x_calib, y_calib = normalize(calibration.pixels), torch.from_numpy(calibration.labels)
     model_info = {"name": loaded.config.model, "options": loaded.config.model_kwargs,
                   "source": DEFAULT if str(model_ref) == DEFAULT else str(Path(model_ref).resolve()),
                   "params": count_params(loaded.model), "macs": count_macs(loaded.model)}
     calib_info = {"drawings": len(calibration.pixels), "seed": seed, "source": calibration.source}
 
-    rows = []
-    for method in tqdm(methods, desc="quantize", unit="method"):
-        torch.manual_seed(seed)
-        started = time.perf_counter()
-        seeded = {"seed": seed} if "seed" in {f.name for f in dataclasses.fields(get_method(method).config)} else {}
-        qm = quantize(loaded.model, method, x_calib, labels=y_calib, train=train,
-                      **{**seeded, **options.get(method, {})})
-        seconds = time.perf_counter() - started
-        if qm.no_pte:  # a deployable form XNNPACK cannot run: its real bytes, scored eagerly
-            path = out / "artifacts" / f"{method}.safetensors"
-            save_packed(qm.model, path)
-            top1, top5 = _scores(qm.logits(normalize(test.pixels)).numpy(), test.labels)
-            measured = {"top1": top1, "top5": top5, "size_bytes": path.stat().st_size, "latency_ms_p50": None,
-                        "peak_mem_mb": None}
-        else:
-            path = out / "artifacts" / f"{method}.pte"
-            save_pte(qm, path, loaded.labels, model_info, calib_info)
-            measured = _measure(path, test, threads, runs, memory)
-        rows.append({"method": method, "bits": qm.bits, **measured, "artifact": str(path.relative_to(out)),
-                     "scheme": qm.scheme, "quantize_seconds": seconds, "notes": qm.notes})
+    # Artifacts are written and measured in a staging folder inside ``out`` and moved into ``out/artifacts``
+    # only when every method succeeded: a failed comparison leaves an earlier one exactly as it was.
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".quantize-", dir=out))
+    except OSError as exc:
+        raise QDMError(f"{out}: cannot create the output folder ({exc.strerror or exc})") from exc
+    committed = False
+    try:
+        rows = _run_methods(loaded, methods, out, staging, x_calib, y_calib, test, train, seed, options, threads,
+                            runs, memory, model_info, calib_info)
+        (out / "artifacts").mkdir(exist_ok=True)
+        for staged in sorted(staging.iterdir(), key=lambda p: p.suffix in (".pte", ".safetensors")):
+            os.replace(staged, out / "artifacts" / staged.name)  # sidecars first, each artifact last
+        committed = True
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created and not committed:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if empty: a comparison that failed leaves no folder it made
     reference = next((r for r in rows if r["method"] == "fp32"), None)
     for row in rows:
         row["delta_top1"] = row["top1"] - reference["top1"] if reference else None
@@ -113,6 +128,34 @@ def compare(model_ref: str | Path, methods: list[str], out: str | Path, data_dir
     write_json_atomic(out / "comparison.json", json.loads(json.dumps(rows, default=str)))
     write_text_atomic(out / "comparison.md", markdown(rows, context))
     write_plots(rows, out)
+    return rows
+
+
+def _run_methods(loaded, methods: list[str], out: Path, staging: Path, x_calib, y_calib, test, train, seed: int,
+                 options: dict[str, dict], threads: int, runs: int, memory: bool, model_info: dict,
+                 calib_info: dict) -> list[dict]:
+    """Quantize with each method, write its artifact into ``staging`` and measure it there: the rows."""
+    rows = []
+    for method in tqdm(methods, desc="quantize", unit="method"):
+        torch.manual_seed(seed)
+        started = time.perf_counter()
+        seeded = {"seed": seed} if "seed" in {f.name for f in dataclasses.fields(get_method(method).config)} else {}
+        qm = quantize(loaded.model, method, x_calib, labels=y_calib, train=train,
+                      **{**seeded, **options.get(method, {})})
+        seconds = time.perf_counter() - started
+        name = f"{method}.safetensors" if qm.no_pte else f"{method}.pte"
+        what = f"{out / 'artifacts' / name}: method {method!r}"
+        path = staging / name
+        if qm.no_pte:  # a deployable form XNNPACK cannot run: its real bytes, scored eagerly
+            save_packed(qm.model, path)
+            top1, top5 = _scores(qm.logits(normalize(test.pixels)).numpy(), test.labels, what)
+            measured = {"top1": top1, "top5": top5, "size_bytes": path.stat().st_size, "latency_ms_p50": None,
+                        "peak_mem_mb": None}
+        else:
+            save_pte(qm, path, loaded.labels, model_info, calib_info)
+            measured = _measure(path, test, threads, runs, memory, what)
+        rows.append({"method": method, "bits": qm.bits, **measured, "artifact": f"artifacts/{name}",
+                     "scheme": qm.scheme, "quantize_seconds": seconds, "notes": qm.notes})
     return rows
 
 
@@ -170,6 +213,8 @@ def markdown(rows: list[dict], context: dict) -> str:
 
 def _label_groups(points: list[dict], key: str, scale: float, log_x: bool) -> dict[tuple, list[str]]:
     """Method names by point, points closer than a few % of the axis ranges sharing one label (no overprinting)."""
+    if not points:  # e.g. only weight-only int4 rows, which have no latency
+        return {}
     xs = np.array([r[key] / scale for r in points], dtype=float)
     xs_axis = np.log10(xs) if log_x else xs
     ys = np.array([r["top1"] for r in points], dtype=float)
