@@ -46,7 +46,8 @@ def _cmd_data_ingest(args: argparse.Namespace) -> int:
     from .data.ingest import ingest
 
     classes = parse_class_list(args.classes) if args.classes else None
-    store = ingest(Path(args.path), Path(args.out), classes=classes, max_per_class=args.per_class)
+    store = ingest(Path(args.path), Path(args.out), classes=classes, max_per_class=args.per_class,
+                   allow_shrink=args.allow_shrink)
     print(f"{store.root}: {len(store.classes)} classes, {sum(store.counts.values())} drawings")
     return 0
 
@@ -116,19 +117,25 @@ def _add_data_parser(verbs: argparse._SubParsersAction) -> None:
         help="build a store from local .npy / .bin / .ndjson files",
         description="Build a store from a folder (or one file) of official numpy_bitmap .npy files, raw .bin files "
         "(rows of 784 uint8 bytes) or .ndjson stroke files (simplified or raw; rendered with the built-in "
-        "renderer). The class of each file is its file name (official spelling).",
+        "renderer). The class of each file is its file name (official spelling). A class already in the store is "
+        "replaced, but never by fewer drawings unless --allow-shrink is given (like 'data download', which never "
+        "cuts a class down).",
     )
     p.add_argument("path", help="a folder of <class>.npy|.bin|.ndjson files, or one such file")
     p.add_argument("--out", required=True, help="store folder to create or extend")
     p.add_argument("--classes", help="only these classes (comma-separated)")
     p.add_argument("--per-class", type=int, default=None, help="keep at most N drawings per class")
+    p.add_argument("--allow-shrink", action="store_true",
+                   help="replace a class the store holds with fewer drawings (otherwise an error)")
     p.set_defaults(func=_cmd_data_ingest)
 
     p = sub.add_parser(
         "render",
         help="render an .ndjson of strokes to an (N, 784) uint8 .npy",
         description="Render each line of an .ndjson stroke file (official simplified or raw format) into a 28x28 "
-        "bitmap exactly as the official numpy_bitmap files are made; one row per input line, in order.",
+        "bitmap exactly as the official numpy_bitmap files are made; one row per drawing, in order. Blank lines "
+        "hold no drawing and are skipped (as NDJSON allows, and as 'qdm predict' does): row N is the N-th "
+        "non-blank line.",
     )
     p.add_argument("input", help="an .ndjson file, one drawing per line")
     p.add_argument("--out", required=True, help="output .npy path")
@@ -188,13 +195,27 @@ TRAIN_FLAGS = {  # boolean switches
 }
 
 
+RESUME_OPTIONS = {"epochs"}  # what --resume may change; everything else comes from the run's config.yaml
+
+
+def _options_given(args: argparse.Namespace) -> list[str]:
+    """The train options set on the command line, as flags (those left at their defaults are not given)."""
+    names = [*TRAIN_OPTIONS, *TRAIN_FLAGS, "model", "config", "out", "classes", "model_kwargs", "teacher"]
+    return [f"--{name.replace('_', '-')}" for name in names if getattr(args, name) not in (None, False)]
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     import json
 
+    from .fileio import json_text
     from .train import load_config, train
 
     if args.resume:
-        summary = train(None, _data_dir(args.data), args.resume, resume=True)
+        refused = [flag for flag in _options_given(args) if flag[2:].replace("-", "_") not in RESUME_OPTIONS]
+        if refused:
+            raise QDMError(f"{', '.join(refused)}: not allowed with --resume (a run continues with its own "
+                           "config.yaml; only --epochs may change its length); start a new run with --out instead")
+        summary = train(None, _data_dir(args.data), args.resume, resume=True, epochs=args.epochs)
     else:
         if not args.out:
             raise QDMError("--out: required (the run folder to create), or use --resume RUN_DIR")
@@ -212,7 +233,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides["augment"] = False if args.no_augment else None
         cfg = load_config(args.config, **overrides)
         summary = train(cfg, _data_dir(args.data), args.out)
-    print(json.dumps(summary, indent=2))
+    print(json_text(summary, "the training summary"))
     return 0
 
 
@@ -222,14 +243,18 @@ def _add_train_parser(verbs: argparse._SubParsersAction) -> None:
         help="train a model on a store into a run folder",
         description="Train a registered model (see 'qdm models'). The run folder gets the resolved config.yaml, "
         "model.safetensors (best on validation), labels.txt, metrics.csv, TensorBoard events and checkpoints/ "
-        "(best.pt, last.pt). Ctrl-C stops cleanly; --resume continues bit-exactly. Under "
+        "(best.pt, last.pt). Ctrl-C stops cleanly and prints the command that continues the run: --resume RUN_DIR "
+        "--data STORE continues bit-exactly with the run's own config.yaml. With --resume, only --epochs may be "
+        "given: it changes the run's length (config.yaml is updated and the cosine schedule recomputed over the new "
+        "length, so the result differs from a run started with that many epochs). Under "
         "'torchrun --nproc_per_node N' it trains with DistributedDataParallel.",
     )
     p.add_argument("--data", required=True, help="store folder, or 'embedded'")
     p.add_argument("--model", default=None, help="model name (default: the config's, else 'cnn')")
     p.add_argument("--config", default=None, help="YAML file of training options (see configs/)")
     p.add_argument("--out", default=None, help="run folder to create")
-    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue an interrupted run with its own config (only --epochs may be given, to change its length)")
     p.add_argument("--classes", default=None, help="train on these classes only (comma-separated)")
     p.add_argument("--model-kwargs", default=None, help='model options as JSON, e.g. \'{"width": 32}\'')
     p.add_argument("--teacher", action="append", default=None, metavar="MODEL",
@@ -283,7 +308,10 @@ def _add_model_parsers(verbs: argparse._SubParsersAction) -> None:
 
     p = verbs.add_parser("predict", help="top-k classes for bitmaps (.npy) or strokes (.ndjson)",
                          description="Predict the top-k classes of each drawing; writes one JSON object per "
-                         'input line, in order: {"top": [{"class": ..., "prob": ...}, ...]}.')
+                         'drawing, in order: {"top": [{"class": ..., "prob": ...}, ...]}: one per row of an .npy, '
+                         "one per non-blank line of an .ndjson (blank lines hold no drawing and are skipped, as "
+                         "NDJSON allows and as 'qdm data render' does: output line N is the N-th non-blank input "
+                         "line). A model whose answers are NaN or infinite is an error.")
     p.add_argument("--model", required=True, help="run folder, 'default', or an exported .pte / .onnx")
     p.add_argument("--input", required=True, help="(N, 784) or (N, 28, 28) uint8 .npy, or .ndjson of drawings")
     p.add_argument("--out", required=True, help="output .jsonl")
@@ -503,6 +531,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `qdm data info DIR | head`: the reader left, which is not an error
         sys.stderr.close()
         return 0
+    except OSError as exc:  # a file or folder the stage could not read or write (read-only, full, not a folder)
+        from .fileio import describe_os_error
+
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
