@@ -11,6 +11,16 @@ against the server's and asks only for ``bytes=<have>-<end>``. When complete, th
 (temporary file + rename, manifest under a lock) and the partial is deleted: no half-written file ever carries
 a class's final name.
 
+One version of the file: a resumed partial must not mix the rows of a file that changed on the server. Beside
+the partial, ``<class>.npy.part.json`` keeps the validators (``ETag``, ``Last-Modified``) of the version its
+bytes came from. Every request after the header probe carries ``If-Range`` with them (a strong ETag, else the
+date), so a server that changed the file answers 200 with the whole new file instead of 206; the validators of
+every answer are compared too (for a server that ignores If-Range). A re-run compares the stored validators with
+the server's before resuming. A change, however seen, discards the partial and starts the class over (at most
+``MAX_RESTARTS`` times in one run). When there is nothing to compare (a server without validators, or a
+partial left by an older version), the last ``VERIFY_BYTES`` bytes held are fetched again and compared before
+resuming; within one run, a retry against such a server trusts the bytes it has.
+
 Already in the store: a class with at least ``per_class`` rows (or all the rows the file has) whose sha256
 still matches the manifest is skipped. A class with fewer rows than asked is fetched again from the start and
 replaced; ``download`` never cuts down a class that has more rows than asked.
@@ -39,7 +49,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..errors import QDMError
-from ..fileio import sha256_file
+from ..fileio import read_versioned_json, sha256_file, write_json_atomic
 from .classes import resolve_class
 from .npyformat import PREAMBLE_MAX, NpyHeader, bitmap_rows, header_length, parse_header
 from .store import PIXELS, Store
@@ -49,6 +59,9 @@ PARTIAL_DIR = ".partial"
 HEADER_PROBE = 128  # the official headers are exactly 128 bytes; a longer one costs one more request
 CHUNK = 1 << 16
 RETRY_BACKOFF = 0.5  # seconds before the first retry, doubled for each next one
+MAX_RESTARTS = 2  # times one run starts a class over because the file changed on the server
+VERIFY_BYTES = 1 << 16  # bytes held that are fetched again before resuming a partial without validators
+PARTIAL_FORMAT, PARTIAL_VERSION = "qdm-partial-download", 1
 USER_AGENT = f"quickdraw-mobile/{__version__} (python-urllib)"
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
@@ -63,8 +76,53 @@ def partial_path(out: str | Path, name: str) -> Path:
     return Path(out) / PARTIAL_DIR / f"{name}.npy.part"
 
 
+def validator_path(out: str | Path, name: str) -> Path:
+    """The partial's sidecar: which version of the remote file (ETag, Last-Modified) its bytes came from."""
+    return _sidecar(partial_path(out, name))
+
+
+def _sidecar(part: Path) -> Path:
+    return part.with_name(part.name + ".json")
+
+
+@dataclass(frozen=True)
+class _Validator:
+    """What tells one version of a remote file from another: its ETag and Last-Modified, as the server sent them."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+
+    @classmethod
+    def of(cls, response) -> _Validator:
+        return cls(response.headers.get("ETag") or None, response.headers.get("Last-Modified") or None)
+
+    def __bool__(self) -> bool:
+        return bool(self.etag or self.last_modified)
+
+    def if_range(self) -> str | None:
+        """The ``If-Range`` value: a strong ETag, else the date (HTTP forbids a weak ETag there)."""
+        if self.etag and not self.etag.startswith("W/"):
+            return self.etag
+        return self.last_modified
+
+    def comparable(self, other: _Validator) -> bool:
+        return bool(self.etag and other.etag) or bool(self.last_modified and other.last_modified)
+
+    def change(self, other: _Validator) -> str | None:
+        """How ``other`` shows another version (``ETag "a" -> "b"``), or None: the same, or nothing to compare."""
+        if self.etag and other.etag:
+            return None if self.etag == other.etag else f"ETag {self.etag} -> {other.etag}"
+        if self.last_modified and other.last_modified and self.last_modified != other.last_modified:
+            return f"Last-Modified {self.last_modified} -> {other.last_modified}"
+        return None
+
+
 class _Transient(Exception):
     """A failure worth retrying: connection refused or reset, timeout, early close, HTTP 5xx."""
+
+
+class _Changed(Exception):
+    """The remote file is not the version the partial's bytes came from: the class starts over."""
 
 
 class _Interrupted(Exception):
@@ -140,15 +198,19 @@ class _Session:
                     raise _Interrupted from exc
                 attempt += 1
 
-    def open_range(self, url: str, start: int, stop: int) -> tuple[http.client.HTTPResponse, int, int | None]:
-        """GET bytes [start, stop) of ``url``.
+    def open_range(self, url: str, start: int, stop: int, version: _Validator | None = None,
+                   ) -> tuple[http.client.HTTPResponse, int, int | None]:
+        """GET bytes [start, stop) of ``url``, of the file's ``version`` if given (``If-Range``).
 
         Returns the response positioned at ``start``, the offset it will deliver up to (``stop``, or the file's
         end if that comes first) and the file size if the server says it. A 206 must carry exactly the range
         asked for; a 200 (Range ignored) is read forward to ``start`` and the caller stops reading at ``stop``.
+        An answer from another version than ``version`` raises ``_Changed``.
         """
-        request = urllib.request.Request(url, headers={
-            "Range": f"bytes={start}-{stop - 1}", "User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
+        headers = {"Range": f"bytes={start}-{stop - 1}", "User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+        if version and version.if_range():
+            headers["If-Range"] = version.if_range()
+        request = urllib.request.Request(url, headers=headers)
         try:
             response = urllib.request.urlopen(request, timeout=self.timeout)
         except urllib.error.HTTPError as exc:
@@ -163,10 +225,24 @@ class _Session:
         except (OSError, http.client.HTTPException) as exc:
             raise _Transient(f"{url}: {_reason(exc, self.timeout)} waiting for the answer") from exc
         try:
+            self._check_version(response, url, version)
             return (response, *self._check_answer(response, url, start, stop))
         except BaseException:
             response.close()
             raise
+
+    @staticmethod
+    def _check_version(response: http.client.HTTPResponse, url: str, version: _Validator | None) -> None:
+        """Raise ``_Changed`` if the answer comes from another version of the file than ``version``."""
+        if not version:
+            return
+        got = _Validator.of(response)
+        change = version.change(got)
+        if change is not None:
+            raise _Changed(f"{url} changed on the server ({change})")
+        if response.status == 200 and version.if_range() and not version.comparable(got):
+            # Asked If-Range, got the whole file and nothing to tell its version by: it may be another one.
+            raise _Changed(f"{url}: answered 200 without ETag or Last-Modified to a resumed request (If-Range)")
 
     def _check_answer(self, response: http.client.HTTPResponse, url: str, start: int, stop: int):
         content_type = response.headers.get("Content-Type", "")
@@ -208,35 +284,49 @@ class _Session:
         while done < nbytes:
             done += len(self.read(response, url, min(CHUNK, nbytes - done), done, nbytes))
 
-    def read_span(self, url: str, start: int, stop: int) -> tuple[bytes, int | None]:
-        """Bytes [start, stop) of ``url`` (fewer if the file ends first) and the file size if known."""
+    def read_span(self, url: str, start: int, stop: int, version: _Validator | None = None,
+                  ) -> tuple[bytes, int | None, _Validator]:
+        """Bytes [start, stop) of ``url`` (fewer if the file ends first), the file size if known, and the
+        validators of the version they come from (which must be ``version`` if given)."""
 
-        def attempt() -> tuple[bytes, int | None]:
-            response, end, size = self.open_range(url, start, stop)
+        def attempt() -> tuple[bytes, int | None, _Validator]:
+            response, end, size = self.open_range(url, start, stop, version)
             with response:
                 parts, offset = [], start
                 while offset < end:
                     parts.append(self.read(response, url, end - offset, offset, end))
                     offset += len(parts[-1])
-            return b"".join(parts), size
+            return b"".join(parts), size, _Validator.of(response)
 
         return self.retrying(attempt)
 
     # -- one class
-    def read_header(self, url: str) -> tuple[bytes, NpyHeader, int | None]:
-        head, size = self.read_span(url, 0, HEADER_PROBE)
+    def read_header(self, url: str) -> tuple[bytes, NpyHeader, int | None, _Validator]:
+        head, size, version = self.read_span(url, 0, HEADER_PROBE)
         length = header_length(head[:PREAMBLE_MAX], url)
         if length > len(head) and (size is None or size > len(head)):
-            more, _ = self.read_span(url, len(head), length)
+            more, _, _ = self.read_span(url, len(head), length, version)
             head += more
-        return head[:length], parse_header(head, url), size
+        return head[:length], parse_header(head, url), size, version
 
     def fetch_class(self, name: str, url: str, per_class: int, store: Store) -> None:
+        """Fetch one class into ``store``, starting over (a bounded number of times) if the file changes."""
+        for restart in range(MAX_RESTARTS + 1):
+            try:
+                return self._fetch_class(name, url, per_class, store, fresh=restart > 0)
+            except _Changed as exc:
+                if restart == MAX_RESTARTS:
+                    raise QDMError(f"{exc}; it changed {restart + 1} times during this download, "
+                                   "expected one version (try again later)") from exc
+                self.note(f"{name}: {exc}; starting the class over")
+        return None
+
+    def _fetch_class(self, name: str, url: str, per_class: int, store: Store, fresh: bool) -> None:
         entry = next((e for e in store.entries if e["name"] == name), None)
         if entry is not None and entry["count"] >= per_class and _intact(store, entry):
             self.note(f"{name}: already in the store with {entry['count']} drawings, skipped")
             return
-        header_bytes, header, size = self.read_header(url)
+        header_bytes, header, size, version = self.read_header(url)
         file_rows = bitmap_rows(header, url, PIXELS)
         expected_size = header.data_offset + file_rows * PIXELS
         if size is not None and size != expected_size:
@@ -253,9 +343,9 @@ class _Session:
 
         need = header.data_offset + rows * PIXELS
         part = partial_path(store.root, name)
-        have = self._prepare_partial(part, header_bytes, need)
+        have = self._prepare_partial(part, url, header_bytes, need, version, fresh)
         self.expect(need - have)
-        self.retrying(lambda: self._fill(url, part, need))
+        self.retrying(lambda: self._fill(url, part, need, version))
         with _disk_errors(part):
             if part.stat().st_size != need:  # _fill stops exactly at need; a mismatch means a foreign writer
                 raise QDMError(f"{part}: has {part.stat().st_size} bytes after the download, expected {need}")
@@ -263,14 +353,18 @@ class _Session:
         store.add_class(name, pixels, source=url)
         del pixels
         part.unlink()
+        _sidecar(part).unlink(missing_ok=True)
         if rows < per_class:
             self.note(f"{name}: the file has only {file_rows} drawings; kept all of them (asked for {per_class})")
 
-    def _prepare_partial(self, part: Path, header_bytes: bytes, need: int) -> int:
-        """Keep a partial that starts with this very header (cut to ``need``), else start it fresh."""
+    def _prepare_partial(self, part: Path, url: str, header_bytes: bytes, need: int, version: _Validator,
+                         fresh: bool = False) -> int:
+        """Keep a partial that starts with this very header and comes from this ``version`` of the file (cut to
+        ``need``), else (or when ``fresh``) start it over. The sidecar then names ``version``."""
+        sidecar = _sidecar(part)
         with _disk_errors(part):
             part.parent.mkdir(parents=True, exist_ok=True)
-            if part.exists():
+            if part.exists() and not fresh:
                 with open(part, "rb") as fh:
                     prefix = fh.read(len(header_bytes))
                 if prefix == header_bytes:
@@ -279,20 +373,42 @@ class _Session:
                             fh.truncate(need)
                     have = part.stat().st_size
                     if have > len(header_bytes):
+                        self._check_held(part, sidecar, url, len(header_bytes), have, version)
                         self.note(f"{part.name}: resuming at byte {have} of {need}")
+                    _write_validator(sidecar, url, version)
                     return have
                 if len(prefix) == len(header_bytes):
                     self.note(f"{part.name}: does not match the server's header, starting over")
+            _write_validator(sidecar, url, version)
             with open(part, "wb") as fh:
                 fh.write(header_bytes)
         return len(header_bytes)
 
-    def _fill(self, url: str, part: Path, need: int) -> None:
-        """Append bytes [len(part), need) of ``url`` to ``part`` (one attempt; resumes where it stands)."""
+    def _check_held(self, part: Path, sidecar: Path, url: str, start: int, have: int, version: _Validator) -> None:
+        """Raise ``_Changed`` unless the bytes [start, have) of ``part`` are those of ``version`` of ``url``: by
+        the validators its sidecar kept, or, with nothing to compare, by fetching its last bytes again."""
+        held = _read_validator(sidecar, url)
+        if held.comparable(version):
+            change = held.change(version)
+            if change is not None:
+                raise _Changed(f"{url} changed on the server since {part.name} was started ({change})")
+            return
+        first = max(start, have - VERIFY_BYTES)
+        theirs, _, _ = self.read_span(url, first, have, version)
+        with open(part, "rb") as fh:
+            fh.seek(first)
+            mine = fh.read(have - first)
+        if theirs != mine:
+            raise _Changed(f"{url}: bytes {first}-{have - 1} on the server differ from those in {part.name} "
+                           "(the file changed, and the server sends no ETag or Last-Modified to tell)")
+
+    def _fill(self, url: str, part: Path, need: int, version: _Validator | None = None) -> None:
+        """Append bytes [len(part), need) of ``version`` of ``url`` to ``part`` (one attempt; resumes where it
+        stands)."""
         have = part.stat().st_size
         if have >= need:
             return
-        response, end, _ = self.open_range(url, have, need)
+        response, end, _ = self.open_range(url, have, need, version)
         with response, _disk_errors(part), open(part, "ab") as fh:
             if end != need:
                 raise QDMError(f"{url}: server has only {end} bytes, expected at least {need}")
@@ -301,6 +417,24 @@ class _Session:
                 fh.write(chunk)
                 have += len(chunk)
                 self.advance(len(chunk))
+
+
+def _write_validator(sidecar: Path, url: str, version: _Validator) -> None:
+    write_json_atomic(sidecar, {"format": PARTIAL_FORMAT, "version": PARTIAL_VERSION, "url": url,
+                                "etag": version.etag, "last_modified": version.last_modified})
+
+
+def _read_validator(sidecar: Path, url: str) -> _Validator:
+    """The validators a partial's bytes came with; empty when unknown (no sidecar, a broken one, another URL)."""
+    try:
+        kept = read_versioned_json(sidecar, PARTIAL_FORMAT, PARTIAL_VERSION)
+    except (OSError, QDMError):
+        return _Validator()
+    if kept.get("url") != url:
+        return _Validator()
+    etag, last_modified = kept.get("etag"), kept.get("last_modified")
+    return _Validator(etag if isinstance(etag, str) else None,
+                      last_modified if isinstance(last_modified, str) else None)
 
 
 def _intact(store: Store, entry: dict) -> bool:

@@ -7,14 +7,17 @@ OpenAPI docs are at ``/docs``.
 
 Every bad request gets a 4xx with a one-line ``detail``: schema errors from the request model, content
 errors (``QDMError``) from the renderer and the PNG decoder, 413 past ``MAX_BODY_BYTES``. Inference runs
-under a lock: one forward pass at a time uses all intra-op threads, and concurrent requests still prepare
-their bitmaps in parallel.
+on one long-lived thread of its own: one forward pass at a time uses all intra-op threads, and concurrent
+requests still prepare their bitmaps in parallel on the server's worker threads. Not on those workers: they
+come and go (AnyIO retires a worker after 10 s idle), and each new thread that runs the model leaves memory
+behind (PyTorch's per-thread state, its own OpenMP team and malloc arena), so the server's memory grew with
+every burst of requests after a pause (``benchmarks/bench_serve_soak.py``).
 """
 
 from __future__ import annotations
 
 import mimetypes
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -100,14 +103,15 @@ class PredictResponse(BaseModel):
 
 # ------------------------------------------------------------------------------------------------- model
 class Predictor:
-    """The eager model behind a lock, plus what ``GET /model`` reports."""
+    """The eager model on one thread of its own, plus what ``GET /model`` reports."""
 
     def __init__(self, loaded: LoadedModel, browser_model: Path | None = None):
         from ..models.profile import count_params
 
         self.model = loaded.model
         self.labels = loaded.labels
-        self.lock = threading.Lock()
+        # One worker: forward passes run one at a time, always on the same thread (started on first use).
+        self.runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdm-model")
         self.browser_model = browser_model
         self.metadata = {
             "name": loaded.config.model,
@@ -124,8 +128,7 @@ class Predictor:
         }
 
     def predict(self, pixels: np.ndarray, k: int) -> list[dict]:
-        with self.lock:
-            probs = softmax_for_pixels(self.model, pixels.reshape(1, -1))
+        probs = self.runner.submit(softmax_for_pixels, self.model, pixels.reshape(1, -1)).result()
         return top_k(probs, self.labels, k)[0]["top"]
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import struct
+import zlib
 
 import numpy as np
 
@@ -41,6 +43,8 @@ MAX_PATH_LENGTH = 100_000
 
 INK_THRESHOLD = 0.1  # ink (0..1) above which a PNG pixel counts for the bounding box (ignores faint noise)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# The bit depths the PNG specification allows for each colour type (greyscale, RGB, palette, grey + alpha, RGBA).
+PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
 
 
 # ------------------------------------------------------------------------------------------------ strokes
@@ -98,6 +102,51 @@ def bitmap_from_drawing(drawing, fmt: str = "auto") -> np.ndarray:
 
 
 # -------------------------------------------------------------------------------------------------- image
+def _chunk_name(kind: bytes) -> str:
+    return repr(kind.decode("ascii")) if kind.isalpha() else "0x" + kind.hex()
+
+
+def png_structure_problem(data: bytes) -> str | None:
+    """What is wrong with the structure of PNG bytes, in words, or None when it is sound: the signature, the
+    IHDR header chunk (first, 13 bytes, its checksum and values), then chunks that fit in the file up to IEND,
+    with image data (IDAT) among them. Pillow says "cannot identify image file <_io.BytesIO object at 0x...>"
+    for most of these, which names neither the problem nor anything the client sent."""
+    if not data.startswith(PNG_SIGNATURE):
+        return "not a PNG file (it does not start with the PNG signature)"
+    ihdr_end = len(PNG_SIGNATURE) + 8 + 13 + 4  # length, type, 13 bytes of data, CRC
+    if len(data) < ihdr_end:
+        return f"truncated PNG: {len(data)} bytes, less than the {ihdr_end} of its signature and header chunk"
+    length, kind = struct.unpack(">I4s", data[8:16])
+    if kind != b"IHDR" or length != 13:
+        return (f"not a valid PNG: its first chunk is {_chunk_name(kind)} of {length} bytes, expected the "
+                "13-byte 'IHDR' header chunk")
+    if zlib.crc32(data[12:29]) != int.from_bytes(data[29:33], "big"):
+        return "corrupt PNG: the checksum (CRC) of its 'IHDR' header chunk does not match"
+    width, height, depth, colour, compression, filtering, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    if not (width and height):
+        return f"not a valid PNG: its header says {width}x{height} pixels"
+    if depth not in PNG_DEPTHS.get(colour, ()):
+        return f"not a valid PNG: colour type {colour} with bit depth {depth} does not exist"
+    if compression or filtering or interlace > 1:
+        return (f"not a valid PNG: unknown compression, filter or interlace method ({compression}, {filtering}, "
+                f"{interlace}) in its header")
+    offset, image_data = ihdr_end, False
+    while True:  # each chunk: 4 bytes of length, 4 of type, the data, 4 of CRC; ends with IEND
+        if offset + 8 > len(data):
+            return f"truncated PNG: it ends at byte {len(data)}, before its 'IEND' chunk"
+        length, kind = struct.unpack_from(">I4s", data, offset)
+        if not kind.isalpha():
+            return f"corrupt PNG: no valid chunk type at byte {offset} ({_chunk_name(kind)})"
+        if offset + 12 + length > len(data):
+            return (f"truncated PNG: its {_chunk_name(kind)} chunk at byte {offset} needs {12 + length} bytes, "
+                    f"the file ends at byte {len(data)}")
+        image_data = image_data or kind == b"IDAT"
+        if kind == b"IEND":
+            break
+        offset += 12 + length
+    return None if image_data else "not a valid PNG: it has no image data ('IDAT' chunk)"
+
+
 def decode_png(text: str):
     """A base64 PNG (optionally a ``data:image/png;base64,`` URL) -> a loaded PIL image."""
     from PIL import Image
@@ -110,8 +159,9 @@ def decode_png(text: str):
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise QDMError(f"image: not valid base64 ({exc})") from exc
-    if not data.startswith(PNG_SIGNATURE):
-        raise QDMError("image: not a PNG file (it does not start with the PNG signature)")
+    problem = png_structure_problem(data)
+    if problem is not None:
+        raise QDMError(f"image: {problem}")
     try:
         image = Image.open(io.BytesIO(data), formats=["PNG"])
         width, height = image.size
@@ -120,6 +170,8 @@ def decode_png(text: str):
         image.load()
     except QDMError:
         raise
+    except Image.UnidentifiedImageError as exc:  # its message is only the repr of our BytesIO
+        raise QDMError("image: not a readable PNG (Pillow cannot identify it)") from exc
     except Exception as exc:  # a corrupt PNG can raise OSError, SyntaxError, ValueError, zlib.error, ...
         raise QDMError(f"image: not a readable PNG ({type(exc).__name__}: {exc})") from exc
     return image
