@@ -333,11 +333,13 @@ class NpyReader {
 };
 
 // ------------------------------------------------------------------------------------------------ writing
-// np.save's header for (count, 784) uint8: the dict, room for the count to grow, padding, '\n'.
-std::string npy_header(std::size_t count) {
-  const std::string rows = std::to_string(count);
-  std::string dict = "{'descr': '|u1', 'fortran_order': False, 'shape': (" + rows + ", 784), }";
-  if (rows.size() < kGrowthDigits) dict.append(kGrowthDigits - rows.size(), ' ');
+// np.save's header for a (rows, cols) array of dtype descr: the dict, room for the row count to grow, padding,
+// '\n'.
+std::string npy_header(const char* descr, std::size_t rows, std::size_t cols) {
+  const std::string count = std::to_string(rows);
+  std::string dict = std::string("{'descr': '") + descr + "', 'fortran_order': False, 'shape': (" + count + ", " +
+                     std::to_string(cols) + "), }";
+  if (count.size() < kGrowthDigits) dict.append(kGrowthDigits - count.size(), ' ');
   const std::size_t unpadded = kMagic.size() + 2 + 2 + dict.size() + 1;  // magic, version, length, '\n'
   dict.append((kAlign - unpadded % kAlign) % kAlign, ' ');
   dict += '\n';
@@ -368,18 +370,18 @@ std::FILE* create_temporary(const fs::path& final, fs::path* temporary, int* err
   return nullptr;
 }
 
-bool write_all(std::FILE* file, const std::string& header, const std::uint8_t* pixels, std::size_t bytes) {
-  const bool written = std::fwrite(header.data(), 1, header.size(), file) == header.size() &&
-                       (bytes == 0 || std::fwrite(pixels, 1, bytes, file) == bytes) && std::fflush(file) == 0;
+bool write_all(std::FILE* file, const std::string& head, const void* body, std::size_t bytes) {
+  const bool written = std::fwrite(head.data(), 1, head.size(), file) == head.size() &&
+                       (bytes == 0 || std::fwrite(body, 1, bytes, file) == bytes) && std::fflush(file) == 0;
   return std::fclose(file) == 0 && written;
 }
 
-bool write_atomically(const std::string& path, const std::uint8_t* pixels, std::size_t count, std::string* error) {
+bool write_atomically(const std::string& path, const std::string& head, const void* body, std::size_t bytes,
+                      std::string* error) {
   const auto fail = [&](const std::string& reason) {
     *error = path + ": could not write (" + reason + ")";
     return false;
   };
-  if (count > SIZE_MAX / kBitmapBytes) return fail("too many rows");
   const fs::path final(path);
   std::error_code ignored;
   if (final.has_parent_path()) fs::create_directories(final.parent_path(), ignored);  // fopen reports failures
@@ -388,7 +390,7 @@ bool write_atomically(const std::string& path, const std::uint8_t* pixels, std::
   std::FILE* file = create_temporary(final, &temporary, &error_number);
   if (file == nullptr) return fail(std::strerror(error_number));
   errno = 0;
-  if (!write_all(file, npy_header(count), pixels, count * kBitmapBytes)) {
+  if (!write_all(file, head, body, bytes)) {
     const int saved = errno != 0 ? errno : EIO;
     fs::remove(temporary, ignored);
     return fail(std::strerror(saved));
@@ -400,6 +402,17 @@ bool write_atomically(const std::string& path, const std::uint8_t* pixels, std::
     return fail(renamed.message());
   }
   return true;
+}
+
+// write_atomically with nothing allowed to escape (std::bad_alloc, filesystem errors).
+bool write_guarded(const std::string& path, const std::string& head, const void* body, std::size_t bytes,
+                   std::string* error) {
+  try {
+    return write_atomically(path, head, body, bytes, error);
+  } catch (const std::exception& e) {
+    *error = path + ": could not write (" + e.what() + ")";
+    return false;
+  }
 }
 
 }  // namespace
@@ -429,12 +442,20 @@ bool read_bitmaps_npy(const std::string& path, std::vector<std::uint8_t>* pixels
 }
 
 bool write_bitmaps_npy(const std::string& path, const std::uint8_t* pixels, std::size_t count, std::string* error) {
-  try {
-    return write_atomically(path, pixels, count, error);
-  } catch (const std::exception& e) {
-    *error = path + ": could not write (" + e.what() + ")";
+  if (count > SIZE_MAX / kBitmapBytes) {
+    *error = path + ": could not write (too many rows)";
     return false;
   }
+  return write_guarded(path, npy_header("|u1", count, kBitmapBytes), pixels, count * kBitmapBytes, error);
+}
+
+bool write_float_npy(const std::string& path, const float* values, std::size_t rows, std::size_t cols,
+                     std::string* error) {
+  return write_guarded(path, npy_header("<f4", rows, cols), values, rows * cols * sizeof(float), error);
+}
+
+bool write_file_atomic(const std::string& path, const std::string& data, std::string* error) {
+  return write_guarded(path, data, nullptr, 0, error);
 }
 
 }  // namespace qdm

@@ -20,4 +20,11 @@ bool read_bitmaps_npy(const std::string& path, std::vector<std::uint8_t>* pixels
 // Errors read "<path>: could not write (<reason>)".
 bool write_bitmaps_npy(const std::string& path, const std::uint8_t* pixels, std::size_t count, std::string* error);
 
+// (rows, cols) little-endian float32 (logits), written the same way.
+bool write_float_npy(const std::string& path, const float* values, std::size_t rows, std::size_t cols,
+                     std::string* error);
+
+// Any bytes, written the same way (temporary beside path, then rename).
+bool write_file_atomic(const std::string& path, const std::string& data, std::string* error);
+
 }  // namespace qdm

@@ -1,19 +1,12 @@
 #include "cli_io.h"
 
-#include <cerrno>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
-#include <fstream>
-#include <sstream>
-#include <unistd.h>
 
 namespace qdm::cli {
 namespace {
-
-std::string strerror_text() { return std::strerror(errno); }
 
 // Python's float repr from the shortest round-trip digits: fixed notation for exponents -4..15, else scientific
 // with at least two exponent digits.
@@ -62,58 +55,6 @@ void append_escape(unsigned code, std::string* out) {
 }
 
 }  // namespace
-
-bool read_file(const std::string& path, std::string* data, std::string* error) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    *error = path + ": cannot read (" + strerror_text() + ")";
-    return false;
-  }
-  std::ostringstream buffer;
-  buffer << in.rdbuf();
-  *data = buffer.str();
-  return true;
-}
-
-bool write_file_atomic(const std::string& path, const std::string& data, std::string* error) {
-  std::string temp = path + ".XXXXXX.tmp";
-  std::vector<char> name(temp.begin(), temp.end());
-  name.push_back('\0');
-  const int fd = ::mkstemps(name.data(), 4);
-  if (fd < 0) {
-    *error = path + ": cannot write (" + strerror_text() + ")";
-    return false;
-  }
-  std::size_t written = 0;
-  while (written < data.size()) {
-    const ssize_t n = ::write(fd, data.data() + written, data.size() - written);
-    if (n <= 0) break;
-    written += static_cast<std::size_t>(n);
-  }
-  const bool complete = written == data.size() && ::fsync(fd) == 0;
-  const std::string reason = strerror_text();
-  ::close(fd);
-  if (!complete || std::rename(name.data(), path.c_str()) != 0) {
-    *error = path + ": cannot write (" + (complete ? strerror_text() : reason) + ")";
-    std::remove(name.data());
-    return false;
-  }
-  return true;
-}
-
-bool write_float_npy(const std::string& path, const std::vector<float>& values, std::size_t rows, std::size_t cols,
-                     std::string* error) {
-  std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (" + std::to_string(rows) + ", " +
-                       std::to_string(cols) + "), }";
-  header.append(63 - (10 + header.size()) % 64, ' ');  // the whole header, magic included, ends on 64 bytes
-  header += '\n';
-  std::string data = std::string("\x93NUMPY\x01\x00", 8);
-  data += static_cast<char>(header.size() & 0xff);
-  data += static_cast<char>(header.size() >> 8);
-  data += header;
-  data.append(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float));
-  return write_file_atomic(path, data, error);
-}
 
 std::string python_probability(double value) {
   char rounded[64];

@@ -150,8 +150,8 @@ int classify(int argc, char** argv) {
   for (std::size_t i = 0; i < in.count; ++i) text += prediction_line(top.data() + i * k, k);
   std::string message;
   const std::string logits_path = options.get("--logits", "");
-  if (!logits_path.empty()) check(qdm::cli::write_float_npy(logits_path, logits, in.count, classes, &message), message);
-  check(qdm::cli::write_file_atomic(out, text, &message), message);
+  if (!logits_path.empty()) check(qdm::write_float_npy(logits_path, logits.data(), in.count, classes, &message), message);
+  check(qdm::write_file_atomic(out, text, &message), message);
   std::fprintf(stderr, "classified %zu drawings -> %s\n", in.count, out.c_str());
   return 0;
 }
@@ -321,7 +321,7 @@ int bench(int argc, char** argv) {
                            sizes_json() + "}\n";
   const std::string json_path = options.get("--json", "");
   std::string error;
-  if (!json_path.empty()) check(qdm::cli::write_file_atomic(json_path, json, &error), error);
+  if (!json_path.empty()) check(qdm::write_file_atomic(json_path, json, &error), error);
   return 0;
 }
 
