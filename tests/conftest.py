@@ -93,6 +93,23 @@ def native_bin() -> Path:
     return path
 
 
+def artifact_with_bytes(export: Path, dst: Path, data: bytes) -> Path:
+    """``data`` as ``dst``, beside copies of the sidecars of ``export`` whose name, size and sha256 match it."""
+    import hashlib
+    import json
+    import shutil
+
+    from quickdraw_mobile.export import sidecar_paths
+
+    dst.write_bytes(data)
+    meta_path, labels_path = sidecar_paths(export)
+    meta = json.loads(meta_path.read_text())
+    meta["artifact"].update(file=dst.name, bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    sidecar_paths(dst)[0].write_text(json.dumps(meta))
+    shutil.copyfile(labels_path, sidecar_paths(dst)[1])
+    return dst
+
+
 @pytest.fixture(scope="session")
 def default_ptes(tmp_path_factory) -> dict[str, Path]:
     """The bundled default model exported once per session to FP32 and INT8 .pte (with sidecars): {quant: path}."""

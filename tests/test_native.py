@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import artifact_with_bytes
 
 from quickdraw_mobile.export import load_artifact
-from quickdraw_mobile.fileio import sha256_file
 from quickdraw_mobile.modelref import default_model_dir
 from quickdraw_mobile.predict import predict_file
 
@@ -151,13 +151,7 @@ def test_the_c_example_runs_on_libqdm(native_bin, default_ptes):
 
 # ------------------------------------------------------------------------------------------------- bad input
 def _copy_artifact(pte: Path, folder: Path, name: str = "copy.pte") -> Path:
-    copy = folder / name
-    shutil.copy(pte, copy)
-    shutil.copy(f"{pte}.labels.txt", f"{copy}.labels.txt")
-    meta = json.loads(Path(f"{pte}.metadata.json").read_text())
-    meta["artifact"]["file"] = name
-    Path(f"{copy}.metadata.json").write_text(json.dumps(meta))
-    return copy
+    return artifact_with_bytes(pte, folder / name, pte.read_bytes())
 
 
 def _edit_metadata(pte: Path, edit) -> None:
@@ -165,11 +159,6 @@ def _edit_metadata(pte: Path, edit) -> None:
     meta = json.loads(path.read_text())
     edit(meta)
     path.write_text(json.dumps(meta))
-
-
-def _random_bytes_pte(pte: Path) -> None:
-    pte.write_bytes(np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes())
-    _edit_metadata(pte, lambda m: m["artifact"].update(bytes=pte.stat().st_size, sha256=sha256_file(pte)))
 
 
 def _make_case(case: str, pte: Path, tmp: Path) -> tuple[list, str]:
@@ -181,7 +170,7 @@ def _make_case(case: str, pte: Path, tmp: Path) -> tuple[list, str]:
     if case == "missing model":
         model = tmp / "absent.pte"
     elif case == "random bytes":
-        _random_bytes_pte(copy)
+        artifact_with_bytes(pte, copy, np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes())
     elif case == "changed file":
         copy.write_bytes(copy.read_bytes()[:-1] + b"\0")
     elif case == "labels length":

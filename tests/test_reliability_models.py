@@ -5,7 +5,6 @@ Every failure is one ``error:`` line (exit 2) and leaves what was already writte
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -15,14 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CLASSES
+from conftest import TINY_CLASSES, artifact_with_bytes
 from safetensors.torch import load_file, save_file
 
 from quickdraw_mobile.cli import main as qdm
 from quickdraw_mobile.data.render import render_ndjson
 from quickdraw_mobile.data.store import Store
 from quickdraw_mobile.errors import QDMError
-from quickdraw_mobile.export import sidecar_paths
 from quickdraw_mobile.export.executorch import LoweringReport
 from quickdraw_mobile.export.pipeline import export_model
 from quickdraw_mobile.inference import logits_for_pixels
@@ -44,17 +42,6 @@ def error_line(capsys) -> str:
     lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error: ")]
     assert len(lines) == 1, err[-2000:]
     return lines[0]
-
-
-def with_bytes(export: Path, dst: Path, data: bytes) -> Path:
-    """``data`` as ``dst``, beside the sidecars of ``export`` with name, size and sha256 changed to match it."""
-    dst.write_bytes(data)
-    meta_path, labels_path = sidecar_paths(export)
-    meta = json.loads(meta_path.read_text())
-    meta["artifact"].update(file=dst.name, bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
-    sidecar_paths(dst)[0].write_text(json.dumps(meta))
-    shutil.copyfile(labels_path, sidecar_paths(dst)[1])
-    return dst
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +68,7 @@ def nan_models(tiny_run, good, tmp_path_factory) -> dict[str, Path]:
     for fmt, path in good.items():
         data = path.read_bytes()
         assert data.count(bias) == 1
-        models[fmt] = with_bytes(path, root / f"nan.{fmt}", data.replace(bias, nan_bias))
+        models[fmt] = artifact_with_bytes(path, root / f"nan.{fmt}", data.replace(bias, nan_bias))
     return models
 
 
@@ -103,7 +90,7 @@ def test_predict_refuses_non_finite_logits_and_keeps_the_old_output(kind, nan_mo
 def test_export_of_nan_weights_fails_and_keeps_the_file_at_out(fmt, quant, nan_models, good, tiny_store, tmp_path):
     """export of a run folder with NaN weights fails before converting (INT8 calibration used to crash on NaN),
     and a good export already at --out stays byte-identical, sidecars included."""
-    out = with_bytes(good[fmt], tmp_path / f"m.{fmt}", good[fmt].read_bytes())
+    out = artifact_with_bytes(good[fmt], tmp_path / f"m.{fmt}", good[fmt].read_bytes())
     before = snapshot(tmp_path)
     with pytest.raises(QDMError) as info:
         export_model(nan_models["run"], fmt, quant, out, data_dir=tiny_store, calib=64)
@@ -122,7 +109,7 @@ def test_export_refuses_an_exported_file_with_non_finite_logits(fmt, nan_models,
     data = nan_models[fmt].read_bytes()
     monkeypatch.setattr(executorch_export, "to_pte", lambda *args, **kwargs: (data, LoweringReport()))
     monkeypatch.setattr(onnx_export, "to_onnx", lambda *args, **kwargs: data)
-    out = with_bytes(good[fmt], tmp_path / f"m.{fmt}", good[fmt].read_bytes())
+    out = artifact_with_bytes(good[fmt], tmp_path / f"m.{fmt}", good[fmt].read_bytes())
     before = snapshot(tmp_path)
     with pytest.raises(QDMError) as info:
         export_model(tiny_run, fmt, "none", out, data_dir=tiny_store)
@@ -201,7 +188,7 @@ def corrupt(good: dict[str, Path], root: Path) -> dict[str, Path]:
         "truncated.onnx": onnx[: len(onnx) // 2],
         "middle.onnx": flipped(onnx, len(onnx) // 2),
     }
-    return {name: with_bytes(good[name.split(".")[1]], root / name, data) for name, data in cases.items()}
+    return {name: artifact_with_bytes(good[name.split(".")[1]], root / name, data) for name, data in cases.items()}
 
 
 @pytest.mark.parametrize("case", ["random.pte", "backend.pte"])
