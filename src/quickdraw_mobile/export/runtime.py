@@ -111,9 +111,7 @@ def _check_pte_loads(path: Path) -> None:
     raise QDMError(f"{path}: ExecuTorch cannot load it ({reason}); corrupt or not a .pte")
 
 
-def _open_executorch(path: Path, threads: int | None, probe: bool = True) -> tuple[Forward, list, list]:
-    if probe:
-        _check_pte_loads(path)
+def _open_executorch(path: Path, threads: int | None) -> tuple[Forward, list, list]:
     quiet_executorch_import()
     import torch
     from executorch.extension.pybindings import portable_lib
@@ -140,7 +138,7 @@ def _open_executorch(path: Path, threads: int | None, probe: bool = True) -> tup
     return forward, in_shape, out_shape
 
 
-def _open_onnxruntime(path: Path, threads: int | None, probe: bool = True) -> tuple[Forward, list, list]:
+def _open_onnxruntime(path: Path, threads: int | None) -> tuple[Forward, list, list]:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -179,7 +177,9 @@ class Artifact:
         self.num_classes = int(metadata["num_classes"])
         self.max_batch = metadata["input"].get("batch", {}).get("max")
         opener = _open_executorch if self.runtime == "executorch" else _open_onnxruntime
-        self._forward, in_shape, out_shape = opener(self.path, threads, probe)
+        if probe and self.runtime == "executorch":
+            _check_pte_loads(self.path)
+        self._forward, in_shape, out_shape = opener(self.path, threads)
         self._check_shapes(in_shape, out_shape)
 
     def _check_shapes(self, in_shape: list, out_shape: list) -> None:

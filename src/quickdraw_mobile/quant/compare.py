@@ -36,7 +36,7 @@ from ..data.loader import normalize
 from ..errors import QDMError
 from ..export.calibration import calibration_set, run_splits, verification_set
 from ..export.selfcheck import check_finite
-from ..fileio import atomic_path, write_json_atomic, write_text_atomic
+from ..fileio import atomic_path, ensure_dir, os_error_reason, write_json_atomic, write_text_atomic
 from ..inference import logits_for_pixels
 from ..modelref import DEFAULT, load_model, resolve_run_dir
 from ..models.profile import count_macs, count_params
@@ -100,11 +100,11 @@ def compare(model_ref: str | Path, methods: list[str], out: str | Path, data_dir
     # Artifacts are written and measured in a staging folder inside ``out`` and moved into ``out/artifacts``
     # only when every method succeeded: a failed comparison leaves an earlier one exactly as it was.
     created = not out.exists()
+    ensure_dir(out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".quantize-", dir=out))
     except OSError as exc:
-        raise QDMError(f"{out}: cannot create the output folder ({exc.strerror or exc})") from exc
+        raise QDMError(f"{out}: cannot create the staging folder ({os_error_reason(exc, out)})") from exc
     committed = False
     try:
         rows = _run_methods(loaded, methods, out, staging, x_calib, y_calib, test, train, seed, options, threads,
