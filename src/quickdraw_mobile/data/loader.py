@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import QDMError
+from ..options import option
 from .store import Split
 
 MEAN = 0.5
@@ -70,12 +71,15 @@ class AugmentConfig:
     cancel out, and what varies is rotation, aspect ratio and mirroring, as between real drawings.
     """
 
-    rotation_deg: float = 10.0
-    translate: float = 0.1
-    scale: tuple[float, float] = (0.9, 1.1)
-    hflip: bool = False  # off by default: some classes are not mirror-symmetric in how people draw them
-    stretch: float = 0.0
-    reframe: bool = False
+    rotation_deg: float = option(10.0, "augmentation: random rotation up to this many degrees either way")
+    translate: float = option(0.1, "augmentation: random shift up to this fraction of the side")
+    scale: tuple[float, float] = option((0.9, 1.1), "augmentation: random zoom between LOW and HIGH")
+    # off by default: some classes are not mirror-symmetric in how people draw them
+    hflip: bool = option(False, "augmentation: mirror half the drawings")
+    stretch: float = option(0.0, "augmentation: change the aspect ratio by up to this fraction either way")
+    reframe: bool = option(False, "augmentation: refit each warped drawing to the official bitmaps' framing")
+    # last, so that positional construction keeps its meaning; a loader given a disabled config does not augment
+    enabled: bool = option(True, "the light affine augmentation of the training batches", flat="augment")
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.rotation_deg <= 180.0:
@@ -212,7 +216,7 @@ class BatchLoader:
         self.split = split
         self.batch_size = batch_size
         self.shuffle = shuffle
-        self.augment = augment
+        self.augment = augment if augment is not None and augment.enabled else None
         self.balanced = balanced
         self.seed = seed
         self.rank = rank

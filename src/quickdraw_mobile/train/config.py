@@ -1,17 +1,28 @@
-"""The training config: one flat dataclass, loadable from YAML, saved resolved into every run folder."""
+"""The training config: one dataclass with nested sections (augmentation, mixing, weight averaging,
+distillation), loadable from YAML, saved resolved into every run folder.
+
+Each field carries its help text (``options.option``): the ``qdm train`` flags are generated from them. Config files
+written before the sections were nested (every option at the top level, as in old run folders' config.yaml) still
+load: a flat key is the option's ``flat`` name (``mixup_alpha``, ``ema_decay``, ``scale_min``...).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+import difflib
+import typing
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from ..data.loader import AugmentConfig
 from ..data.store import SplitSpec
 from ..errors import QDMError
+from ..options import is_section, leaves, option, plain
 from .distill import DistillConfig
+from .ema import EMAConfig
 from .mixing import MixConfig
 
 OPTIMIZERS = ("adamw", "lamb", "sgd")
@@ -20,56 +31,39 @@ OPTIMIZERS = ("adamw", "lamb", "sgd")
 @dataclass
 class TrainConfig:
     # model
-    model: str = "cnn"
-    model_kwargs: dict = field(default_factory=dict)
+    model: str = option("cnn", "model name (see 'qdm models')")
+    model_kwargs: dict = option(help='model options as JSON, e.g. \'{"width": 32}\'', factory=dict)
     # data: which classes and rows, and how they are split (see data.store.SplitSpec)
-    classes: list[str] | None = None
-    max_per_class: int | None = None
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    split_seed: int = 0
+    classes: list[str] | None = option(None, "train on these classes only (comma-separated)")
+    max_per_class: int | None = option(None, "use at most N drawings per class")
+    val_fraction: float = option(0.1, "share of each class for validation (picks the best epoch)")
+    test_fraction: float = option(0.1, "share of each class held out for testing (drawn first)")
+    split_seed: int = option(0, "seed of the train/val/test split")
     # optimisation
-    epochs: int = 20
-    batch_size: int = 256
-    optimizer: str = "adamw"
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.01  # cosine ends at lr * min_lr_ratio
-    weight_decay: float = 0.05
-    momentum: float = 0.9  # sgd only
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
-    grad_clip: float = 2.0  # max global grad norm; 0 disables
-    patience: int = 0  # early stopping: epochs without a better val top-1; 0 disables
-    class_weights: bool = False  # weight the loss by inverse class frequency (imbalanced data)
-    balanced: bool = False  # class-balanced sampling instead of a plain shuffle
-    # augmentation (batch-level affine; see data.loader.AugmentConfig)
-    augment: bool = True
-    rotation_deg: float = 10.0
-    translate: float = 0.1
-    scale_min: float = 0.9
-    scale_max: float = 1.1
-    hflip: bool = False
-    stretch: float = 0.0  # aspect-ratio change, up to this fraction either way
-    reframe: bool = False  # refit each warped drawing to the official bitmaps' framing
-    # batch mixing (see train.mixing): mixup and/or CutMix on a share mix_prob of the batches
-    mixup_alpha: float = 0.0
-    cutmix_alpha: float = 0.0
-    mix_prob: float = 1.0
-    # weight averaging: validate and save an exponential moving average of the weights (and BN statistics),
-    # updated after every step with this decay; 0 = off (the raw weights are validated and saved)
-    ema_decay: float = 0.0
-    ema_warmup: bool = False  # start the decay low and raise it to ema_decay (see train.loop.ema_decay_at)
-    # distillation (see train.distill): also learn the soft answers of these trained runs ('default' or folders)
-    teachers: list[str] = field(default_factory=list)
-    distill_weight: float = 0.5  # share of the loss on the teachers' soft targets
-    distill_temperature: float = 1.0
-    teacher_hflip: bool = False  # average each teacher over the drawing and its mirror
+    epochs: int = option(20, "training epochs")
+    batch_size: int = option(256, "batch size (per process)")
+    optimizer: str = option("adamw", f"optimizer: {', '.join(OPTIMIZERS)}")
+    lr: float = option(3e-3, "peak learning rate")
+    min_lr_ratio: float = option(0.01, "the cosine ends at lr * min_lr_ratio")
+    weight_decay: float = option(0.05, "weight decay (not applied to biases and norms)")
+    momentum: float = option(0.9, "momentum (sgd only)")
+    warmup_epochs: float = option(1.0, "linear warm-up length in epochs, then cosine")
+    label_smoothing: float = option(0.1, "label smoothing")
+    grad_clip: float = option(2.0, "max global gradient norm (0 = off)")
+    patience: int = option(0, "early stopping patience in epochs on validation top-1 (0 = off)")
+    class_weights: bool = option(False, "weight the loss by inverse class frequency (imbalanced data)")
+    balanced: bool = option(False, "class-balanced sampling instead of a plain shuffle")
+    augment: AugmentConfig = option(help="batch-level affine augmentation", factory=AugmentConfig)
+    mix: MixConfig = option(help="mixup and/or CutMix (see train.mixing)", factory=MixConfig)
+    # with the average on, it is what gets validated, picked as best and saved as the run's weights
+    ema: EMAConfig = option(help="weight averaging (see train.ema)", factory=EMAConfig)
+    distill: DistillConfig = option(help="distillation from trained runs (see train.distill)", factory=DistillConfig)
     # execution
-    seed: int = 0
-    bf16: bool = False  # bfloat16 autocast for the forward pass
-    channels_last: bool = True
-    threads: int = 0  # torch intra-op threads; 0 = all cores (divided among DDP ranks)
-    eval_batch_size: int = 1024
+    seed: int = option(0, "seed for init, batch order, augmentation and dropout")
+    bf16: bool = option(False, "bfloat16 autocast for the forward pass")
+    channels_last: bool = option(True, "channels-last memory format")
+    threads: int = option(0, "torch intra-op threads (0 = all cores, divided among DDP ranks)")
+    eval_batch_size: int = option(1024, "batch size of validation and of the teachers' labelling")
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -81,63 +75,101 @@ class TrainConfig:
                 raise QDMError(f"{name}: expected a positive value, got {value}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise QDMError(f"label_smoothing: expected [0, 1), got {self.label_smoothing}")
-        if self.scale_min > self.scale_max:
-            raise QDMError(f"scale_min ({self.scale_min}) must not exceed scale_max ({self.scale_max})")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise QDMError(f"ema_decay: expected [0, 1) (0 turns it off), got {self.ema_decay}")
-        self.augmentation()  # validates the augmentation options
-        self.mixing()  # validates the mixing options
-        if not isinstance(self.teachers, list) or not all(isinstance(t, str) for t in self.teachers):
-            raise QDMError("teachers: expected a list of run folders (or 'default')")
-        self.distillation()  # validates the distillation options
         if not isinstance(self.model_kwargs, dict):
             raise QDMError("model_kwargs: expected a mapping of option: value")
 
     def augmentation(self) -> AugmentConfig | None:
-        """The training batches' augmentation (None with ``augment`` off)."""
-        if not self.augment:
-            return None
-        return AugmentConfig(self.rotation_deg, self.translate, (self.scale_min, self.scale_max), self.hflip,
-                             self.stretch, self.reframe)
-
-    def mixing(self) -> MixConfig:
-        return MixConfig(self.mixup_alpha, self.cutmix_alpha, self.mix_prob)
-
-    def distillation(self) -> DistillConfig:
-        return DistillConfig(tuple(self.teachers), self.distill_weight, self.distill_temperature, self.teacher_hflip)
+        """The training batches' augmentation (None with it off)."""
+        return self.augment if self.augment.enabled else None
 
     def split_spec(self) -> SplitSpec:
         """How this run splits a store; everything that needs the run's own splits goes through it."""
         return SplitSpec(self.val_fraction, self.test_fraction, self.split_seed, self.max_per_class)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return plain(self)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def updated(self, **changes) -> TrainConfig:
-        """A copy with ``changes`` applied (``None`` values are ignored: unset CLI options)."""
-        return from_dict({**self.to_dict(), **{k: v for k, v in changes.items() if v is not None}}, "options")
+        """A copy with ``changes`` (flat names) applied (``None`` values are ignored: unset CLI options)."""
+        given = {k: v for k, v in changes.items() if v is not None}
+        return _build(_merged(self.to_dict(), given, "options"), "options")
 
 
-def from_dict(values: dict, where: str) -> TrainConfig:
-    known = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - set(known))
+SECTIONS = {name: kind for name, kind in typing.get_type_hints(TrainConfig).items() if is_section(kind)}
+FLAT = {leaf.flat: leaf for leaf in leaves(TrainConfig) if len(leaf.path) == 2}  # old flat key -> nested option
+OLD_SCALE = {"scale_min": 0, "scale_max": 1}  # the flat spelling of augment.scale's two ends
+
+
+def _nested(values: dict, where: str) -> dict[str, Any]:
+    """``values`` (nested sections, old flat keys, or both; flat keys win) with every section a dict of the
+    options given in it."""
+    top = {f.name for f in dataclasses.fields(TrainConfig)} - set(SECTIONS)
+    unknown = sorted(set(values) - top - set(SECTIONS) - set(FLAT) - set(OLD_SCALE))
     if unknown:
-        import difflib
-
-        hints = [m for u in unknown for m in difflib.get_close_matches(u, known, n=1)]
+        hints = [m for u in unknown for m in difflib.get_close_matches(u, [*top, *SECTIONS, *FLAT], n=1)]
         hint = f"; did you mean {', '.join(hints)}?" if hints else ""
         raise QDMError(f"{where}: unknown option(s) {', '.join(unknown)}{hint}")
+    nested: dict[str, Any] = {k: v for k, v in values.items() if k in top}
+    sections: dict[str, dict] = {name: {} for name in SECTIONS}
+    for name in SECTIONS:
+        given = values.get(name)
+        if isinstance(given, dict):
+            sections[name].update(given)
+        elif given is not None and name not in FLAT:
+            raise QDMError(f"{where}: {name}: expected a mapping of option: value, got {given!r}")
+    for key, value in values.items():
+        if key in FLAT and not (key in SECTIONS and isinstance(value, dict)):
+            section, name = FLAT[key].path
+            sections[section][name] = value
+    if set(OLD_SCALE) & set(values):
+        scale = list(sections["augment"].get("scale", AugmentConfig().scale))
+        for key, end in OLD_SCALE.items():
+            scale[end] = values.get(key, scale[end])
+        sections["augment"]["scale"] = scale
+    return {**nested, **sections}
+
+
+def _merged(base: dict, changes: dict, where: str) -> dict[str, Any]:
+    """``changes`` (either spelling) applied over ``base`` (either spelling), option by option."""
+    merged, given = _nested(base, where), _nested(changes, "options")
+    for key, value in given.items():
+        merged[key] = {**merged[key], **value} if key in SECTIONS else value
+    return merged
+
+
+def _section(name: str, given: dict, where: str):
+    cls = SECTIONS[name]
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise QDMError(f"{where}: unknown option(s) {', '.join(f'{name}.{u}' for u in unknown)}; "
+                       f"{name} holds {', '.join(sorted(known))}")
+    # YAML lists become tuples: the sections are frozen dataclasses with tuple fields
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}
     try:
-        return TrainConfig(**values)
+        return cls(**values)
+    except TypeError as exc:
+        raise QDMError(f"{where}: {name}: {exc}") from exc
+
+
+def _build(nested: dict[str, Any], where: str) -> TrainConfig:
+    sections = {name: _section(name, nested[name], where) for name in SECTIONS}
+    try:
+        return TrainConfig(**{**nested, **sections})
     except TypeError as exc:
         raise QDMError(f"{where}: {exc}") from exc
 
 
+def from_dict(values: dict, where: str = "options") -> TrainConfig:
+    """A TrainConfig from a mapping of options, nested (``mix: {mixup_alpha: 0.2}``) or flat (``mixup_alpha``)."""
+    return _build(_nested(values, where), where)
+
+
 def load_config(path: str | Path | None, **overrides) -> TrainConfig:
-    """Defaults <- YAML file <- explicit overrides (``None`` means not given)."""
+    """Defaults <- YAML file <- explicit overrides (flat names; ``None`` means not given)."""
     values: dict = {}
     if path is not None:
         path = Path(path)
@@ -152,5 +184,5 @@ def load_config(path: str | Path | None, **overrides) -> TrainConfig:
         if not isinstance(loaded, dict):
             raise QDMError(f"{path}: expected a mapping of option: value at the top level")
         values = loaded.get("train", loaded) if isinstance(loaded.get("train"), dict) else loaded
-    values = {**values, **{k: v for k, v in overrides.items() if v is not None}}
-    return from_dict(values, str(path) if path else "options")
+    where = str(path) if path else "options"
+    return _build(_merged(values, {k: v for k, v in overrides.items() if v is not None}, where), where)

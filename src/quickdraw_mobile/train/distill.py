@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from ..data.store import Split
 from ..errors import QDMError
 from ..inference import softmax_for_pixels
+from ..options import option
 from . import checkpoint as ckpt
 from .distributed import DistContext, all_reduce_array
 
@@ -33,12 +34,18 @@ MAX_TABLE_BYTES = 4 << 30  # float16 (drawings x classes); beyond this the table
 
 @dataclass(frozen=True)
 class DistillConfig:
-    teachers: tuple[str, ...] = ()  # run folders or 'default'; none = no distillation
-    weight: float = 0.5  # share of the loss on the teachers' soft targets
-    temperature: float = 1.0
-    hflip: bool = False  # average each teacher over the drawing and its mirror
+    teachers: tuple[str, ...] = option((), "distill from this trained run folder (or 'default'); repeat to average "
+                                       "several", flag="teacher", append=True)
+    weight: float = option(0.5, "distillation: share of the loss on the teachers' soft targets",
+                           flat="distill_weight")
+    temperature: float = option(1.0, "distillation: softmax temperature of teachers and student",
+                                flat="distill_temperature")
+    hflip: bool = option(False, "distillation: average each teacher over the drawing and its mirror",
+                         flat="teacher_hflip")
 
     def __post_init__(self) -> None:
+        if not isinstance(self.teachers, tuple) or not all(isinstance(t, str) for t in self.teachers):
+            raise QDMError("teachers: expected a list of run folders (or 'default')")
         if not 0.0 <= self.weight <= 1.0:
             raise QDMError(f"distill_weight: expected a share in [0, 1], got {self.weight}")
         if not self.temperature > 0:

@@ -15,18 +15,17 @@ the next resume continues from the last good checkpoint with exactly one metrics
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import shlex
 import signal
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from ..data.loader import BatchLoader
@@ -47,58 +46,19 @@ from . import checkpoint as ckpt
 from . import distill
 from .config import TrainConfig, load_config
 from .distributed import DistContext, all_reduce_sum, broadcast_flag, setup, teardown
-from .mixing import mix_batch, mixed_loss, step_rng
+from .ema import ema_decay_at, ema_update
+from .step import (
+    NonFiniteLoss,
+    StepResult,
+    TrainStep,
+    build_optimizer,
+    class_weight_tensor,
+    lr_at,
+    train_one_epoch,
+)
 
-
-def lr_at(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
-    """Linear warm-up from lr/100, then cosine down to lr * min_lr_ratio. A pure function of the step."""
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    if step < warmup:
-        return cfg.lr * (0.01 + 0.99 * step / warmup)
-    progress = (step - warmup) / max(1, total_steps - warmup)
-    floor = cfg.lr * cfg.min_lr_ratio
-    return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def ema_decay_at(decay: float, warmup: bool, n_averaged: int) -> float:
-    """The decay of the EMA update that follows ``n_averaged`` earlier ones. With warm-up it is
-    min(decay, (1 + n) / (10 + n)) (TensorFlow's num_updates rule): without it, the first weights, close to the
-    random init, keep a share decay**steps of the average (0.999**1448 = 23% after 4 epochs of the default model)."""
-    return min(decay, (1 + n_averaged) / (10 + n_averaged)) if warmup else decay
-
-
-def ema_update(decay: float, warmup: bool):
-    """torch's EMA step for floating-point tensors; integer buffers (BN's num_batches_tracked) are copied:
-    averaging a counter would truncate it."""
-
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
-        if averaged[0].is_floating_point():  # AveragedModel groups the tensors by dtype
-            get_ema_multi_avg_fn(ema_decay_at(decay, warmup, int(n_averaged)))(averaged, current, n_averaged)
-        else:
-            for counter, value in zip(averaged, current, strict=True):
-                counter.copy_(value)
-
-    return update
-
-
-def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    # No weight decay on biases and norm parameters (the usual recipe; decaying BN scales hurts small nets).
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, foreach=True)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-    from timm.optim import Lamb
-
-    return Lamb(groups, lr=cfg.lr)
-
-
-def class_weight_tensor(counts: list[int]) -> torch.Tensor:
-    counts_t = torch.tensor(counts, dtype=torch.float32).clamp_min(1)
-    weights = counts_t.sum() / (len(counts) * counts_t)
-    return weights / weights.mean()
+# the step's pieces, importable from here as before the step had its own module
+__all__ = ["build_optimizer", "class_weight_tensor", "ema_decay_at", "ema_update", "lr_at", "resume_command", "train"]
 
 
 def _configure_threads(cfg: TrainConfig, ctx: DistContext) -> None:
@@ -223,23 +183,81 @@ def train(
         teardown(ctx)
 
 
-def _train(cfg, data_dir, out, ctx, resume, epochs, progress, stop_after_steps, stop_requested) -> dict:
-    source = _prepare_run_dir(out, resume, data_dir, ctx.is_main)
-    state, new_length = None, None
-    if resume:
-        cfg = load_config(out / ckpt.CONFIG)  # the run's own config, so the schedule is unchanged
-        state = ckpt.load_checkpoint(source)
-        if epochs is not None and epochs != cfg.epochs:
-            if epochs < state["epoch"]:
-                raise QDMError(f"--epochs: the run in {out} has done {state['epoch']} epochs already; "
-                               f"expected at least {state['epoch']}")
-            new_length = (cfg.epochs, epochs)
-            cfg = cfg.updated(epochs=epochs)
-    _configure_threads(cfg, ctx)
+@dataclass
+class Position:
+    """Where a run is: what its checkpoints hold besides the step's state (weights, optimizer, RNG, average)."""
 
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best_top1: float = -1.0
+    bad_epochs: int = 0
+    running: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # loss sum, correct, seen (this epoch)
+    history: list[dict] = field(default_factory=list)  # the metrics rows of the finished epochs
+
+    @classmethod
+    def restore(cls, state: dict | None, out: Path) -> Position:
+        if state is None:
+            return cls()
+        if "history" in state:
+            history = [dict(row) for row in state["history"]]
+        else:  # a checkpoint written before the rows were kept in it: the file's rows up to its epoch, once each
+            history = ckpt.history_until(ckpt.read_metrics_csv(out / ckpt.METRICS), state["epoch"])
+        return cls(state["epoch"], state["batch_in_epoch"], state["best_top1"], state["bad_epochs"],
+                   list(state["running"]), history)
+
+    def checkpoint(self) -> dict:
+        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "best_top1": self.best_top1,
+                "bad_epochs": self.bad_epochs, "running": list(self.running),
+                "history": [dict(row) for row in self.history]}
+
+
+@dataclass
+class _Run:
+    """One invocation of ``train``: the resolved run and its moving parts."""
+
+    cfg: TrainConfig
+    data_dir: Path
+    out: Path
+    ctx: DistContext
+    progress: bool
+    splits: dict
+    trainer: TrainStep
+    loader: BatchLoader
+    soft_table: np.ndarray | None
+    pos: Position
+    info: dict  # model, params, macs and class count, for the summary
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.loader)
+
+    def snapshot(self) -> dict:
+        return {**self.trainer.state_dict(), **self.pos.checkpoint()}
+
+    def save(self, *names: str) -> None:
+        """The current state into the checkpoints ``names`` (main process only)."""
+        with _explain_write_failure(self.out, self.data_dir):
+            for name in names:
+                ckpt.save_checkpoint(self.out / ckpt.CHECKPOINTS / name, self.snapshot())
+
+
+def _resolve(cfg: TrainConfig | None, out: Path, resume: bool, epochs: int | None, source: Path | None):
+    """The run's config (its own config.yaml on resume, with a new length), checkpoint and (old, new) length."""
+    if not resume:
+        return cfg, None, None
+    cfg = load_config(out / ckpt.CONFIG)  # the run's own config, so the schedule is unchanged
+    state = ckpt.load_checkpoint(source)
+    if epochs is None or epochs == cfg.epochs:
+        return cfg, state, None
+    if epochs < state["epoch"]:
+        raise QDMError(f"--epochs: the run in {out} has done {state['epoch']} epochs already; "
+                       f"expected at least {state['epoch']}")
+    return cfg.updated(epochs=epochs), state, (cfg.epochs, epochs)
+
+
+def _open_splits(cfg: TrainConfig, data_dir: Path, out: Path, resume: bool) -> dict:
     store = Store.open(data_dir)
-    spec = cfg.split_spec()
-    splits = store.splits(spec, cfg.classes)
+    splits = store.splits(cfg.split_spec(), cfg.classes)
     classes = splits["train"].classes
     if resume:
         saved = ckpt.read_labels(out / ckpt.LABELS)
@@ -249,192 +267,176 @@ def _train(cfg, data_dir, out, ctx, resume, epochs, progress, stop_after_steps, 
     if min(splits["train"].counts) == 0:
         empty = classes[splits["train"].counts.index(0)]
         raise QDMError(f"{data_dir}: class {empty!r} has no training rows after the split")
+    return splits
 
+
+def _build_run(cfg, data_dir, out, ctx, state, progress, stop_requested) -> _Run:
+    splits = _open_splits(cfg, data_dir, out, state is not None)
+    classes = splits["train"].classes
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, num_classes=len(classes), **cfg.model_kwargs)
-    params, macs = count_params(model), count_macs(model)
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    optimizer = build_optimizer(cfg, model)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-    net = torch.nn.parallel.DistributedDataParallel(model) if ctx.enabled else model
-    # With EMA on, the averaged copy is what gets validated, picked as best and saved as the run's weights.
-    ema = (AveragedModel(model, multi_avg_fn=ema_update(cfg.ema_decay, cfg.ema_warmup), use_buffers=True)
-           if cfg.ema_decay > 0 else None)
-    if ema is not None and state is not None:
-        ema.load_state_dict(state["ema"])
-    eval_model = ema.module if ema is not None else model
-
-    augment = cfg.augmentation()
-    loader = BatchLoader(splits["train"], cfg.batch_size, shuffle=True, augment=augment, balanced=cfg.balanced,
-                         seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size, drop_last=True,
-                         channels_last=cfg.channels_last)
+    info = {"model": cfg.model, "params": count_params(model), "macs": count_macs(model), "classes": len(classes)}
+    loader = BatchLoader(splits["train"], cfg.batch_size, shuffle=True, augment=cfg.augmentation(),
+                         balanced=cfg.balanced, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size,
+                         drop_last=True, channels_last=cfg.channels_last)
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise QDMError(f"{data_dir}: fewer training rows ({len(splits['train'])}) than one batch "
                        f"({cfg.batch_size} x {ctx.world_size} ranks); lower batch_size")
     total_steps = steps_per_epoch * cfg.epochs
-    weight = class_weight_tensor(splits["train"].counts) if cfg.class_weights else None
-    mixing = cfg.mixing()
-
-    teaching = cfg.distillation()
-    soft_table = (distill.soft_targets(teaching, splits["train"], classes, out, ctx, resume=resume,
+    trainer = TrainStep(cfg, model, lambda step: lr_at(cfg, step, total_steps, steps_per_epoch),
+                        class_counts=splits["train"].counts, state=state, rank=ctx.rank, distributed=ctx.enabled)
+    soft_table = (distill.soft_targets(cfg.distill, splits["train"], classes, out, ctx, resume=state is not None,
                                        batch_size=cfg.eval_batch_size, bf16=cfg.bf16,
                                        progress=progress and ctx.is_main, stop=stop_requested)
-                  if teaching.enabled else None)
+                  if cfg.distill.enabled else None)
+    return _Run(cfg, data_dir, out, ctx, progress, splits, trainer, loader, soft_table,
+                Position.restore(state, out), info)
 
-    def loss_fn(logits: torch.Tensor, labels: torch.Tensor, soft: torch.Tensor | None = None) -> torch.Tensor:
-        hard = F.cross_entropy(logits, labels, weight=weight, label_smoothing=cfg.label_smoothing)
-        if soft is None:
-            return hard
-        return ((1.0 - teaching.weight) * hard
-                + teaching.weight * distill.soft_cross_entropy(logits, soft, teaching.temperature))
 
-    if state is None:
-        history = []
-    elif "history" in state:
-        history = [dict(row) for row in state["history"]]
-    else:  # a checkpoint written before the rows were kept in it: the file's rows up to its epoch, once each
-        history = ckpt.history_until(ckpt.read_metrics_csv(out / ckpt.METRICS), state["epoch"])
-    epoch, batch_in_epoch = (state["epoch"], state["batch_in_epoch"]) if state else (0, 0)
-    best_top1, bad_epochs = (state["best_top1"], state["bad_epochs"]) if state else (-1.0, 0)
-    running = list(state["running"]) if state else [0.0, 0.0, 0.0]  # loss sum, correct, seen (this epoch)
-    steps_this_call, stopped_early, interrupted = 0, False, False
-    started, cpu_started = time.perf_counter(), time.process_time()
-
-    def snapshot() -> dict:
-        snap = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
-                "epoch": epoch, "batch_in_epoch": batch_in_epoch, "best_top1": best_top1,
-                "bad_epochs": bad_epochs, "running": list(running)}
-        if ema is not None:
-            snap["ema"] = ema.state_dict()
-        snap["history"] = [dict(row) for row in history]  # the metrics rows of the finished epochs
-        return snap
-
-    if ctx.is_main:
-        with _explain_write_failure(out, data_dir):
-            ensure_dir(out / ckpt.CHECKPOINTS)
-            if not resume:
-                write_text_atomic(out / ckpt.CONFIG, cfg.to_yaml())
-                ckpt.write_labels(out / ckpt.LABELS, classes)
-                if soft_table is not None:
-                    save_npy_atomic(out / distill.TEACHER_PROBS, soft_table)
-                ckpt.save_checkpoint(out / ckpt.CHECKPOINTS / ckpt.LAST, snapshot())  # resumable from step 0 on
+def _write_start(run: _Run, resume: bool, new_length, source: Path | None) -> None:
+    """The run folder's files before the first step: config, labels, soft targets and a step-0 checkpoint for a
+    fresh run; on resume the metrics rows of the checkpoint (and the config, with a new length)."""
+    out = run.out
+    with _explain_write_failure(out, run.data_dir):
+        ensure_dir(out / ckpt.CHECKPOINTS)
+        if not resume:
+            write_text_atomic(out / ckpt.CONFIG, run.cfg.to_yaml())
+            ckpt.write_labels(out / ckpt.LABELS, run.splits["train"].classes)
+            if run.soft_table is not None:
+                save_npy_atomic(out / distill.TEACHER_PROBS, run.soft_table)
+            ckpt.save_checkpoint(out / ckpt.CHECKPOINTS / ckpt.LAST, run.snapshot())  # resumable from step 0 on
+        else:
+            if new_length is not None:
+                write_text_atomic(out / ckpt.CONFIG, run.cfg.to_yaml())
+            if run.pos.history:  # the checkpoint's rows: a kill may have left the file a row ahead or behind
+                ckpt.write_metrics_csv(out / ckpt.METRICS, run.pos.history)
             else:
-                if new_length is not None:
-                    write_text_atomic(out / ckpt.CONFIG, cfg.to_yaml())
-                if history:  # the checkpoint's rows: a kill may have left the file a row ahead or behind
-                    ckpt.write_metrics_csv(out / ckpt.METRICS, history)
-                else:
-                    (out / ckpt.METRICS).unlink(missing_ok=True)
-        if progress and resume:
-            length = (f"; epochs {new_length[0]} -> {new_length[1]} (config.yaml updated, the learning-rate "
-                      f"schedule now spans {new_length[1]} epochs)" if new_length else "")
-            tqdm.write(f"resuming {out} from {source.name} at epoch {epoch + 1}, batch {batch_in_epoch}{length}")
-    writer = _tensorboard(out) if ctx.is_main else None
+                (out / ckpt.METRICS).unlink(missing_ok=True)
+    if run.progress and resume:
+        length = (f"; epochs {new_length[0]} -> {new_length[1]} (config.yaml updated, the learning-rate "
+                  f"schedule now spans {new_length[1]} epochs)" if new_length else "")
+        tqdm.write(f"resuming {out} from {source.name} at epoch {run.pos.epoch + 1}, "
+                   f"batch {run.pos.batch_in_epoch}{length}")
+
+
+def _run_epoch(run: _Run, should_stop) -> tuple[int, float]:
+    """The rest of the current epoch's steps; returns (samples, start time). ``should_stop(steps)`` is asked
+    after each step with the steps made so far; it stopping raises KeyboardInterrupt (the caller checkpoints)."""
+    pos, ctx, loader, spe = run.pos, run.ctx, run.loader, run.steps_per_epoch
+    run.trainer.net.train()
+    loader.set_epoch(pos.epoch)
+    bar = tqdm(loader.batches(start=pos.batch_in_epoch), total=spe, initial=pos.batch_in_epoch,
+               desc=f"epoch {pos.epoch + 1}/{run.cfg.epochs}", unit="batch",
+               disable=not (run.progress and ctx.is_main), dynamic_ncols=True)
+    epoch_start, samples = time.perf_counter(), 0
+
+    def after_step(index: int, result: StepResult) -> bool:
+        nonlocal samples
+        pos.running[0] += result.loss * result.count
+        pos.running[1] += result.correct  # on a mixed batch: against the own label
+        pos.running[2] += result.count
+        pos.batch_in_epoch += 1
+        samples += result.count
+        elapsed = time.perf_counter() - epoch_start
+        bar.set_postfix(loss=f"{pos.running[0] / pos.running[2]:.3f}", acc=f"{pos.running[1] / pos.running[2]:.3f}",
+                        sps=f"{samples * ctx.world_size / max(elapsed, 1e-9):.0f}")
+        if broadcast_flag(ctx, should_stop()):
+            raise KeyboardInterrupt
+        return False
 
     try:
-        while epoch < cfg.epochs and not stopped_early:
-            net.train()
-            loader.set_epoch(epoch)
-            bar = tqdm(loader.batches(start=batch_in_epoch), total=steps_per_epoch, initial=batch_in_epoch,
-                       desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not (progress and ctx.is_main),
-                       dynamic_ncols=True)
-            epoch_start = time.perf_counter()
-            samples_this_epoch = 0
-            for x, y in bar:
-                step = epoch * steps_per_epoch + batch_in_epoch
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_at(cfg, step, total_steps, steps_per_epoch)
-                mixed = mix_batch(x, mixing, step_rng(cfg.seed, ctx.rank, step))
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-                    logits = net(mixed.x.contiguous(memory_format=memory_format))
-                targets = (y,) if soft_table is None else (
-                    y, torch.from_numpy(soft_table[loader.batch_indices(batch_in_epoch)].astype(np.float32)))
-                loss = mixed_loss(loss_fn, logits.float(), targets, mixed)
-                if not torch.isfinite(loss):
-                    raise QDMError(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, batch {batch_in_epoch}; "
-                                   f"stopped, last good checkpoint kept in {out / ckpt.CHECKPOINTS} "
-                                   "(lower lr or enable grad_clip)")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                if ema is not None:
-                    ema.update_parameters(model)
-                running[0] += loss.item() * len(y)
-                running[1] += (logits.argmax(1) == y).sum().item()  # on a mixed batch: against the own label
-                running[2] += len(y)
-                batch_in_epoch += 1
-                samples_this_epoch += len(y)
-                elapsed = time.perf_counter() - epoch_start
-                bar.set_postfix(loss=f"{running[0] / running[2]:.3f}", acc=f"{running[1] / running[2]:.3f}",
-                                sps=f"{samples_this_epoch * ctx.world_size / max(elapsed, 1e-9):.0f}")
-                steps_this_call += 1
-                asked_to_stop = stop_requested.is_set() or (
-                    stop_after_steps is not None and steps_this_call >= stop_after_steps)
-                if broadcast_flag(ctx, asked_to_stop):
-                    raise KeyboardInterrupt
-            bar.close()
+        train_one_epoch(run.trainer, bar, pos.epoch * spe + pos.batch_in_epoch, soft_table=run.soft_table,
+                        soft_rows=lambda index: loader.batch_indices(index - pos.epoch * spe), after_step=after_step)
+    except NonFiniteLoss as exc:
+        raise QDMError(f"{exc} at epoch {pos.epoch + 1}, batch {pos.batch_in_epoch}; stopped, last good checkpoint "
+                       f"kept in {run.out / ckpt.CHECKPOINTS} (lower lr or enable grad_clip)") from exc
+    bar.close()
+    return samples, epoch_start
 
-            loss_sum, correct, seen = all_reduce_sum(ctx, running)
-            val_logits, val_labels = logits_for_split(eval_model, splits["val"], cfg.eval_batch_size)
-            val_loss = float(F.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(val_labels)))
-            val_top1 = float((val_logits.argmax(1) == val_labels).mean()) if len(val_labels) else float("nan")
-            row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
-                   "val_loss": val_loss, "val_acc": val_top1,
-                   "lr": optimizer.param_groups[0]["lr"],
-                   "samples_per_s": samples_this_epoch * ctx.world_size / (time.perf_counter() - epoch_start)}
-            history.append(row)
-            improved = val_top1 > best_top1
+
+def _end_epoch(run: _Run, samples: int, epoch_start: float, writer) -> bool:
+    """Validate, record the epoch's row, checkpoint; returns whether early stopping ends the run."""
+    pos, ctx, cfg = run.pos, run.ctx, run.cfg
+    loss_sum, correct, seen = all_reduce_sum(ctx, pos.running)
+    val_logits, val_labels = logits_for_split(run.trainer.eval_model, run.splits["val"], cfg.eval_batch_size)
+    val_loss = float(F.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(val_labels)))
+    val_top1 = float((val_logits.argmax(1) == val_labels).mean()) if len(val_labels) else float("nan")
+    row = {"epoch": pos.epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+           "val_loss": val_loss, "val_acc": val_top1, "lr": run.trainer.optimizer.param_groups[0]["lr"],
+           "samples_per_s": samples * ctx.world_size / (time.perf_counter() - epoch_start)}
+    pos.history.append(row)
+    improved = val_top1 > pos.best_top1
+    if improved:
+        pos.best_top1, pos.bad_epochs = val_top1, 0
+    else:
+        pos.bad_epochs += 1
+    pos.epoch, pos.batch_in_epoch, pos.running = pos.epoch + 1, 0, [0.0, 0.0, 0.0]
+    stopped_early = broadcast_flag(ctx, cfg.patience > 0 and pos.bad_epochs >= cfg.patience)
+    if ctx.is_main:
+        _log_epoch(writer, row)
+        with _explain_write_failure(run.out, run.data_dir):
             if improved:
-                best_top1, bad_epochs = val_top1, 0
-            else:
-                bad_epochs += 1
-            epoch, batch_in_epoch, running = epoch + 1, 0, [0.0, 0.0, 0.0]
-            stopped_early = broadcast_flag(ctx, cfg.patience > 0 and bad_epochs >= cfg.patience)
-            if ctx.is_main:
-                _log_epoch(writer, row)
-                with _explain_write_failure(out, data_dir):
-                    if improved:
-                        ckpt.save_checkpoint(out / ckpt.CHECKPOINTS / ckpt.BEST, snapshot())
-                        ckpt.save_weights(out / ckpt.WEIGHTS, eval_model.state_dict())
-                    ckpt.save_checkpoint(out / ckpt.CHECKPOINTS / ckpt.LAST, snapshot())
-                    ckpt.write_metrics_csv(out / ckpt.METRICS, history)  # after last.pt, which holds the rows too
-                if progress:
-                    tqdm.write(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}"
-                               f" | val loss {val_loss:.4f} top-1 {val_top1:.4f}"
-                               f"{' (best)' if improved else ''} | {row['samples_per_s']:.0f} samples/s")
+                ckpt.save_checkpoint(run.out / ckpt.CHECKPOINTS / ckpt.BEST, run.snapshot())
+                ckpt.save_weights(run.out / ckpt.WEIGHTS, run.trainer.eval_model.state_dict())
+            ckpt.save_checkpoint(run.out / ckpt.CHECKPOINTS / ckpt.LAST, run.snapshot())
+            ckpt.write_metrics_csv(run.out / ckpt.METRICS, pos.history)  # after last.pt, which holds the rows too
+        if run.progress:
+            tqdm.write(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}"
+                       f" | val loss {val_loss:.4f} top-1 {val_top1:.4f}"
+                       f"{' (best)' if improved else ''} | {row['samples_per_s']:.0f} samples/s")
+    return stopped_early
+
+
+def _train(cfg, data_dir, out, ctx, resume, epochs, progress, stop_after_steps, stop_requested) -> dict:
+    source = _prepare_run_dir(out, resume, data_dir, ctx.is_main)
+    cfg, state, new_length = _resolve(cfg, out, resume, epochs, source)
+    _configure_threads(cfg, ctx)
+    run = _build_run(cfg, data_dir, out, ctx, state, progress, stop_requested)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    if ctx.is_main:
+        _write_start(run, resume, new_length, source)
+    writer = _tensorboard(out) if ctx.is_main else None
+    steps = 0
+
+    def should_stop() -> bool:
+        nonlocal steps
+        steps += 1
+        return stop_requested.is_set() or (stop_after_steps is not None and steps >= stop_after_steps)
+
+    stopped_early, interrupted = False, False
+    try:
+        while run.pos.epoch < cfg.epochs and not stopped_early:
+            samples, epoch_start = _run_epoch(run, should_stop)
+            stopped_early = _end_epoch(run, samples, epoch_start, writer)
     except KeyboardInterrupt:
         interrupted = True
         if ctx.is_main:
-            with _explain_write_failure(out, data_dir):
-                ckpt.save_checkpoint(out / ckpt.CHECKPOINTS / ckpt.LAST, snapshot())
+            run.save(ckpt.LAST)
             if progress:
-                tqdm.write(f"stopped at epoch {epoch + 1}, batch {batch_in_epoch}; "
+                tqdm.write(f"stopped at epoch {run.pos.epoch + 1}, batch {run.pos.batch_in_epoch}; "
                            f"continue with: {resume_command(out, data_dir)}")
     finally:
         if writer is not None:
             writer.close()
-
-    summary = {
-        "model": cfg.model, "params": params, "macs": macs, "classes": len(classes),
-        "train_samples": len(splits["train"]), "val_samples": len(splits["val"]),
-        "test_samples": len(splits["test"]), "epochs_done": epoch, "complete": not interrupted,
-        "early_stopped": stopped_early, "best_val_top1": best_top1,
-        "best_epoch": (max(history, key=lambda r: r["val_acc"])["epoch"] if history else None),
-        "train_seconds_this_call": time.perf_counter() - started,
-        "cpu_seconds_this_call": time.process_time() - cpu_started,  # all threads of this process
-        "threads": torch.get_num_threads(), "world_size": ctx.world_size,
-    }
+    summary = _summary(run, interrupted, stopped_early, started, cpu_started)
     if ctx.is_main and not interrupted:
         with _explain_write_failure(out, data_dir):
             write_json_atomic(out / "train_summary.json", summary)
     return summary
+
+
+def _summary(run: _Run, interrupted: bool, stopped_early: bool, started: float, cpu_started: float) -> dict:
+    history = run.pos.history
+    return {
+        **run.info, "train_samples": len(run.splits["train"]), "val_samples": len(run.splits["val"]),
+        "test_samples": len(run.splits["test"]), "epochs_done": run.pos.epoch, "complete": not interrupted,
+        "early_stopped": stopped_early, "best_val_top1": run.pos.best_top1,
+        "best_epoch": (max(history, key=lambda r: r["val_acc"])["epoch"] if history else None),
+        "train_seconds_this_call": time.perf_counter() - started,
+        "cpu_seconds_this_call": time.process_time() - cpu_started,  # all threads of this process
+        "threads": torch.get_num_threads(), "world_size": run.ctx.world_size,
+    }
 
 
 def _tensorboard(out: Path):

@@ -17,13 +17,15 @@ import numpy as np
 import torch
 
 from ..errors import QDMError
+from ..options import option
 
 
 @dataclass(frozen=True)
 class MixConfig:
-    mixup_alpha: float = 0.0  # Beta(alpha, alpha) for mixup's lam; 0 = off
-    cutmix_alpha: float = 0.0  # Beta(alpha, alpha) for CutMix's kept area; 0 = off
-    prob: float = 1.0  # share of batches that are mixed at all (with both on, half of those are CutMix)
+    mixup_alpha: float = option(0.0, "mixup: Beta(alpha, alpha) blend of batch pairs (0 = off)")
+    cutmix_alpha: float = option(0.0, "CutMix: Beta(alpha, alpha) share of a drawing kept, the rest pasted (0 = off)")
+    prob: float = option(1.0, "share of batches mixed when mixup or CutMix is on (with both on, half of those "
+                         "are CutMix)", flat="mix_prob")
 
     def __post_init__(self) -> None:
         for name in ("mixup_alpha", "cutmix_alpha"):
