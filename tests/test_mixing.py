@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from quickdraw_mobile.errors import QDMError
-from quickdraw_mobile.train.config import TrainConfig
+from quickdraw_mobile.train.config import from_dict
 from quickdraw_mobile.train.mixing import MixConfig, mix_batch, mixed_loss, step_rng
 
 
@@ -62,6 +62,6 @@ def test_mixed_loss_weights_both_labels():
 
 def test_bad_mixing_options_are_named():
     with pytest.raises(QDMError, match="mix_prob"):
-        TrainConfig(mixup_alpha=0.2, mix_prob=1.5)
+        from_dict(dict(mixup_alpha=0.2, mix_prob=1.5))
     with pytest.raises(QDMError, match="cutmix_alpha"):
-        TrainConfig(cutmix_alpha=-1)
+        from_dict(dict(cutmix_alpha=-1))

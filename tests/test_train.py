@@ -21,7 +21,7 @@ from quickdraw_mobile.errors import QDMError
 from quickdraw_mobile.inference import logits_for_pixels
 from quickdraw_mobile.modelref import load_model
 from quickdraw_mobile.train import load_config, train
-from quickdraw_mobile.train.config import TrainConfig
+from quickdraw_mobile.train.config import TrainConfig, from_dict
 from quickdraw_mobile.train.distill import DistillConfig, soft_cross_entropy, teacher_probs
 
 CLASSES = ["apple", "cat", "star"]
@@ -42,7 +42,7 @@ def tiny_store(shared_data, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_run(tiny_store, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "run"
-    train(TrainConfig(**TINY), tiny_store, out, progress=False)
+    train(from_dict(TINY), tiny_store, out, progress=False)
     return out
 
 
@@ -52,7 +52,7 @@ def test_run_folder_holds_everything(tiny_run):
         assert (tiny_run / name).is_file(), name
     assert any((tiny_run / "tensorboard").iterdir())
     assert (tiny_run / "labels.txt").read_text().split("\n")[:3] == CLASSES
-    assert load_config(tiny_run / "config.yaml") == TrainConfig(**TINY)
+    assert load_config(tiny_run / "config.yaml") == from_dict(TINY)
     rows = (tiny_run / "metrics.csv").read_text().strip().splitlines()
     assert rows[0].startswith("epoch,train_loss,train_acc,val_loss,val_acc") and len(rows) == 3
     summary = json.loads((tiny_run / "train_summary.json").read_text())
@@ -63,14 +63,14 @@ def test_run_folder_holds_everything(tiny_run):
 
 
 def test_training_learns(tiny_store, tmp_path):
-    cfg = TrainConfig(**{**TINY, "epochs": 4})
+    cfg = from_dict({**TINY, "epochs": 4})
     summary = train(cfg, tiny_store, tmp_path / "run", progress=False)
     assert summary["best_val_top1"] > 0.6  # 3 classes: chance is 0.33
 
 
 def test_resume_is_bit_exact(tiny_store, tiny_run, tmp_path):
     out = tmp_path / "interrupted"
-    first = train(TrainConfig(**TINY), tiny_store, out, progress=False, stop_after_steps=5)  # mid-epoch 1
+    first = train(from_dict(TINY), tiny_store, out, progress=False, stop_after_steps=5)  # mid-epoch 1
     assert not first["complete"] and not (out / "model.safetensors").exists()
     second = train(None, tiny_store, out, resume=True, progress=False, stop_after_steps=9)  # into epoch 2
     assert not second["complete"] and second["epochs_done"] == 1
@@ -85,7 +85,7 @@ def test_resume_is_bit_exact(tiny_store, tiny_run, tmp_path):
 
 
 def test_mixed_run_resumes_bit_exactly(tiny_store, tiny_run, tmp_path):
-    cfg = TrainConfig(**{**TINY, "mixup_alpha": 0.2, "cutmix_alpha": 1.0, "mix_prob": 0.8})
+    cfg = from_dict({**TINY, "mixup_alpha": 0.2, "cutmix_alpha": 1.0, "mix_prob": 0.8})
     whole = train(cfg, tiny_store, tmp_path / "whole", progress=False)
     assert whole["complete"]
     out = tmp_path / "interrupted"
@@ -103,7 +103,7 @@ def test_ema_follows_the_weights_step_by_step_and_is_what_gets_saved(tiny_store,
     # average computed by hand: e_1 = w_1, e_t = d_t * e_(t-1) + (1 - d_t) * w_t, over parameters and BN
     # statistics, with d_t = 0.8, or with warm-up min(0.8, t / (9 + t)) (0.18, 0.25, ... up to 0.8 from t = 36).
     decay, out = 0.8, tmp_path / "run"
-    cfg = TrainConfig(**{**TINY, "epochs": 1, "ema_decay": decay, "ema_warmup": warmup})
+    cfg = from_dict({**TINY, "epochs": 1, "ema_decay": decay, "ema_warmup": warmup})
     done = train(cfg, tiny_store, out, progress=False, stop_after_steps=1)["complete"]
     expected, averaged = None, 0
     while True:
@@ -129,13 +129,13 @@ def test_ema_follows_the_weights_step_by_step_and_is_what_gets_saved(tiny_store,
 def test_existing_run_is_not_overwritten(tiny_store, tiny_run):
     before = (tiny_run / "model.safetensors").read_bytes()
     with pytest.raises(QDMError, match="already holds a run"):
-        train(TrainConfig(**TINY), tiny_store, tiny_run, progress=False)
+        train(from_dict(TINY), tiny_store, tiny_run, progress=False)
     assert (tiny_run / "model.safetensors").read_bytes() == before
 
 
 def test_bad_configs_and_data(tiny_store, tmp_path):
     with pytest.raises(QDMError, match="unknown model 'cnnn'"):
-        train(TrainConfig(**{**TINY, "model": "cnnn"}), tiny_store, tmp_path / "a", progress=False)
+        train(from_dict({**TINY, "model": "cnnn"}), tiny_store, tmp_path / "a", progress=False)
     cfg_file = tmp_path / "bad.yaml"
     cfg_file.write_text("epocs: 3\n")
     with pytest.raises(QDMError, match="unknown option.*epocs.*did you mean epochs"):
@@ -143,19 +143,19 @@ def test_bad_configs_and_data(tiny_store, tmp_path):
     with pytest.raises(QDMError, match="optimizer"):
         TrainConfig(optimizer="adam")
     with pytest.raises(QDMError, match=r"ema_decay: expected \[0, 1\)"):
-        TrainConfig(ema_decay=1.0)
+        from_dict(dict(ema_decay=1.0))
     with pytest.raises(QDMError, match=r"stretch: expected a fraction in \[0, 1\)"):
-        TrainConfig(stretch=-0.1)
+        from_dict(dict(stretch=-0.1))
     empty = Store.create(tmp_path / "empty")
     with pytest.raises(QDMError, match="no classes"):
-        train(TrainConfig(**TINY), empty.root, tmp_path / "b", progress=False)
+        train(from_dict(TINY), empty.root, tmp_path / "b", progress=False)
     with pytest.raises(QDMError, match="nothing to resume"):
         train(None, tiny_store, tmp_path / "c", resume=True, progress=False)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_store, tmp_path):
     out = tmp_path / "nan"
-    train(TrainConfig(**{**TINY, "epochs": 3}), tiny_store, out, progress=False, stop_after_steps=9)  # epoch 2
+    train(from_dict({**TINY, "epochs": 3}), tiny_store, out, progress=False, stop_after_steps=9)  # epoch 2
     last = (out / "checkpoints" / "last.pt").read_bytes()
     # Poison the run's saved optimizer state? No: poison the weights of the next resume through a huge lr.
     cfg_text = (out / "config.yaml").read_text().replace("lr: 0.003", "lr: 1.0e+30").replace("grad_clip: 2.0",
@@ -231,7 +231,7 @@ def test_two_process_ddp(tiny_store, tiny_run, tmp_path):
     cfg = load_config(out / "config.yaml")
     split = Store.open(tiny_store).splits(cfg.split_spec())["train"]
     assert cfg.eval_batch_size == 64 and len(split) > 2 * 64
-    one_process = teacher_probs(cfg.distillation(), split, CLASSES, cfg.eval_batch_size, progress=False)
+    one_process = teacher_probs(cfg.distill, split, CLASSES, cfg.eval_batch_size, progress=False)
     np.testing.assert_array_equal(np.load(out / "teacher_probs.npy"), one_process.astype(np.float16))
 
 
@@ -242,7 +242,7 @@ def test_two_process_ddp(tiny_store, tiny_run, tmp_path):
     {"ema_decay": 0.99},
 ])
 def test_training_options_run(tiny_store, tmp_path, options):
-    cfg = TrainConfig(**{**TINY, "epochs": 1, **options})
+    cfg = from_dict({**TINY, "epochs": 1, **options})
     summary = train(cfg, tiny_store, tmp_path / "run", progress=False)
     assert summary["complete"] and 0.0 <= summary["best_val_top1"] <= 1.0
     assert load_config(tmp_path / "run" / "config.yaml") == cfg
@@ -284,7 +284,7 @@ def test_soft_cross_entropy_is_tempered_kl_plus_the_teachers_entropy():
 
 
 def test_teacher_probs_average_tempered_softmaxes_over_teachers_and_mirrors(tiny_store, tiny_run):
-    split = Store.open(tiny_store).splits(TrainConfig(**TINY).split_spec())["train"]
+    split = Store.open(tiny_store).splits(from_dict(TINY).split_spec())["train"]
     pixels = split.gather(np.arange(len(split)))[0].reshape(-1, 28, 28)
     teacher = load_model(tiny_run).model
     tempered = [torch.softmax(torch.from_numpy(logits_for_pixels(teacher, view)) / 2.0, dim=1).numpy()
@@ -305,7 +305,7 @@ def test_distilled_run_keeps_its_soft_targets_and_resumes_bit_exactly(tiny_store
     import shutil
 
     mixing = {"mixup_alpha": 0.2, "mix_prob": 0.5}
-    cfg = TrainConfig(**{**TINY, **mixing, "teachers": [str(tiny_run)], "distill_weight": 0.7})
+    cfg = from_dict({**TINY, **mixing, "teachers": [str(tiny_run)], "distill_weight": 0.7})
     whole = train(cfg, tiny_store, tmp_path / "whole", progress=False)
     table = np.load(tmp_path / "whole" / "teacher_probs.npy")
     assert table.shape == (whole["train_samples"], 3)
@@ -322,14 +322,14 @@ def test_distilled_run_keeps_its_soft_targets_and_resumes_bit_exactly(tiny_store
     assert all(torch.equal(reference[k], resumed[k]) for k in reference)
     # The same run with other soft targets (the teacher also shown the mirrored drawings) ends elsewhere:
     # the loop really learns from the table.
-    mirrored = TrainConfig(**{**cfg.to_dict(), "teacher_hflip": True})
+    mirrored = from_dict({**cfg.to_dict(), "teacher_hflip": True})
     train(mirrored, tiny_store, tmp_path / "mirrored", progress=False)
     other = load_file(tmp_path / "mirrored" / "model.safetensors")
     assert not all(torch.equal(reference[k], other[k]) for k in reference)
 
 
 def test_bad_teachers_stop_before_anything_is_written(tiny_store, tiny_run, tmp_path, capsys):
-    two_classes = TrainConfig(**{**TINY, "classes": ["apple", "cat"], "teachers": [str(tiny_run)]})
+    two_classes = from_dict({**TINY, "classes": ["apple", "cat"], "teachers": [str(tiny_run)]})
     with pytest.raises(QDMError, match="labels.txt: the teacher's 3 classes differ from the data's 2 classes"):
         train(two_classes, tiny_store, tmp_path / "a", progress=False)
     assert not (tmp_path / "a").exists()
@@ -337,13 +337,57 @@ def test_bad_teachers_stop_before_anything_is_written(tiny_store, tiny_run, tmp_
                 "--out", str(tmp_path / "b")]) == 2
     assert "nope: no such run folder" in capsys.readouterr().err and not (tmp_path / "b").exists()
     with pytest.raises(QDMError, match=r"distill_weight: expected a share in \[0, 1\]"):
-        TrainConfig(teachers=["default"], distill_weight=1.5)
+        from_dict(dict(teachers=["default"], distill_weight=1.5))
     with pytest.raises(QDMError, match="distill_temperature: expected a positive value"):
-        TrainConfig(distill_temperature=0)
+        from_dict(dict(distill_temperature=0))
     with pytest.raises(QDMError, match="teachers: expected a list"):
-        TrainConfig(teachers="default")
+        from_dict(dict(teachers="default"))
     asked_to_stop = threading.Event()
     asked_to_stop.set()  # Ctrl-C while the teachers label the drawings
-    split = Store.open(tiny_store).splits(TrainConfig(**TINY).split_spec())["train"]
+    split = Store.open(tiny_store).splits(from_dict(TINY).split_spec())["train"]
     with pytest.raises(QDMError, match="interrupted while the teachers labelled"):
         teacher_probs(DistillConfig((str(tiny_run),)), split, CLASSES, progress=False, stop=asked_to_stop)
+
+
+# ---------------------------------------------------------------------------------------------- the config
+def test_flat_and_nested_configs_are_one_config(tmp_path):
+    from quickdraw_mobile.pipeline import CONFIGS
+
+    flat = {"mixup_alpha": 0.2, "mix_prob": 0.5, "ema_decay": 0.9, "hflip": True, "scale_min": 0.8,
+            "augment": False, "teachers": ["default"], "distill_weight": 0.3, "epochs": 3}
+    nested = {"mix": {"mixup_alpha": 0.2, "prob": 0.5}, "ema": {"decay": 0.9}, "epochs": 3,
+              "augment": {"hflip": True, "scale": [0.8, 1.1], "enabled": False},
+              "distill": {"teachers": ["default"], "weight": 0.3}}
+    cfg = from_dict(flat)
+    assert cfg == from_dict(nested) and cfg.mix.prob == 0.5 and cfg.augment.scale == (0.8, 1.1)
+    assert cfg.augmentation() is None and cfg.distill.teachers == ("default",)
+    (tmp_path / "c.yaml").write_text(cfg.to_yaml())
+    assert load_config(tmp_path / "c.yaml") == cfg  # the nested form a run folder saves reads back
+    assert cfg.updated(mixup_alpha=0.0).mix == type(cfg.mix)(prob=0.5)
+    with pytest.raises(QDMError, match=r"unknown option\(s\) mix.alpha"):
+        from_dict({"mix": {"alpha": 1.0}})
+    # an existing run folder's flat config.yaml, and every shipped config, still load
+    bundled = load_config(Path(__file__).parents[1] / "src/quickdraw_mobile/pretrained/default/config.yaml")
+    assert bundled.mix.mixup_alpha == 0.2 and bundled.ema.decay == 0.999 and bundled.augment.hflip
+    assert load_config(CONFIGS / "default_model.yaml") == bundled
+
+
+def test_every_config_option_is_a_train_flag(capsys):
+    from quickdraw_mobile.cli import build_parser
+    from quickdraw_mobile.cli.train import _overrides
+    from quickdraw_mobile.options import leaves
+
+    argv = ["train", "--data", "d", "--out", "o", "--model-kwargs", '{"width": 8}', "--classes", "cat, dog",
+            "--teacher", "a", "--teacher", "b", "--scale", "0.7", "1.2", "--no-augment", "--no-channels-last",
+            "--mix-prob", "0.25", "--ema-warmup", "--teacher-hflip", "--distill-weight", "0.4", "--stretch", "0.1"]
+    given = _overrides(build_parser().parse_args(argv))
+    cfg = from_dict(given)
+    assert cfg.model_kwargs == {"width": 8} and cfg.classes == ["cat", "dog"] and not cfg.channels_last
+    assert cfg.distill.teachers == ("a", "b") and cfg.distill.hflip and cfg.distill.weight == 0.4
+    assert cfg.augment.scale == (0.7, 1.2) and not cfg.augment.enabled and cfg.augment.stretch == 0.1
+    assert cfg.mix.prob == 0.25 and cfg.ema.warmup
+    with pytest.raises(SystemExit):
+        qdm(["train", "--help"])
+    help_text = capsys.readouterr().out
+    for leaf in leaves(TrainConfig):  # every field settable, with its help
+        assert f"--{leaf.flag}" in help_text and leaf.help, leaf.path

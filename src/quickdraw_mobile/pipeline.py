@@ -11,6 +11,7 @@ Every section is checked when the config is loaded, so a misspelled bench option
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import shutil
 import time
@@ -77,6 +78,12 @@ def _section(config: dict, name: str, allowed: tuple[str, ...]) -> dict:
     return values
 
 
+def _keywords(fn: Callable, supplied: set[str]) -> tuple[str, ...]:
+    """The options a section may set: the parameters of the stage function ``fn``, less those the pipeline
+    supplies itself (model, output folder, store...)."""
+    return tuple(name for name in inspect.signature(fn).parameters if name not in supplied)
+
+
 def _count(values: dict, where: str, keys: tuple[str, ...], minimum: int = 1) -> None:
     """Options ``keys``, where given, must be integers of at least ``minimum`` (YAML's true is not one)."""
     for key in keys:
@@ -113,8 +120,9 @@ def _evaluate_options(config: dict) -> dict:
 def _quantize_options(config: dict) -> dict:
     """Keyword arguments of ``quant.compare.compare``; options left out keep that function's defaults."""
     from .quant import make_config, parse_methods
+    from .quant.compare import compare
 
-    values = _section(config, "quantize", ("methods", "calib", "seed", "threads", "runs", "memory", "options"))
+    values = _section(config, "quantize", _keywords(compare, {"model_ref", "out", "data_dir"}))
     methods = values.pop("methods", "all")
     if isinstance(methods, list):
         methods = ",".join(str(m) for m in methods)
@@ -147,7 +155,9 @@ def _quantize_options(config: dict) -> dict:
 
 def _export_options(config: dict) -> dict:
     """Keyword arguments of ``export.pipeline.export_model`` (calibration of the INT8 exports)."""
-    values = _section(config, "export", ("calib", "seed"))
+    from .export.pipeline import export_model
+
+    values = _section(config, "export", _keywords(export_model, {"model_ref", "fmt", "quant", "out", "data_dir"}))
     _count(values, "export", ("calib",))
     _count(values, "export", ("seed",), minimum=0)
     return values
@@ -155,7 +165,10 @@ def _export_options(config: dict) -> dict:
 
 def _bench_options(config: dict) -> dict:
     """Keyword arguments of ``bench.runner.run_bench``; options left out keep that function's defaults."""
-    values = _section(config, "bench", ("runs", "warmup", "batch", "threads", "memory"))
+    from .bench.runner import run_bench
+
+    # the stage benches the files the export stage wrote: no exports (and so no calibration) of its own
+    values = _section(config, "bench", _keywords(run_bench, {"refs", "out", "data_dir", "export", "calib"}))
     _count(values, "bench", ("runs", "batch"))
     _count(values, "bench", ("warmup",), minimum=0)
     _flag(values, "bench", "memory")

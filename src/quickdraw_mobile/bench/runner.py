@@ -36,6 +36,7 @@ from ..errors import QDMError
 from ..export.selfcheck import check_finite
 from ..modelref import DEFAULT, is_artifact, load_model, resolve_run_dir
 from ..models.profile import count_macs
+from ..options import CALIBRATION_SIZE
 from ..train import checkpoint as ckpt
 from .latency import RunFn, latency, peak_gmacs, throughput
 from .memory import peak_memory
@@ -145,7 +146,7 @@ def _check_batch(subjects: list[Subject], batch: int) -> None:
 
 def run_bench(refs: list[str], out: str | Path, data_dir: str | Path | None = None, runs: int = 200,
               warmup: int = 20, batch: int = 32, threads: list[int] | None = None, memory: bool = True,
-              export: bool = True, calib: int = 2048, native: bool = True) -> dict:
+              export: bool = True, calib: int = CALIBRATION_SIZE, native: bool = True) -> dict:
     """Measure every subject of ``refs``; returns the results (``bench.report.write_report`` writes them)."""
     if runs < 1 or warmup < 0 or batch < 1:
         raise QDMError(f"--runs, --warmup, --batch: expected positive numbers, got {runs}, {warmup}, {batch}")

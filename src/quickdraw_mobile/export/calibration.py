@@ -17,6 +17,7 @@ import numpy as np
 from ..data.store import Split, Store, check_bitmap_array
 from ..errors import QDMError
 from ..modelref import resolve_run_dir
+from ..options import CALIBRATION_SIZE
 from ..train import checkpoint as ckpt
 from ..train.config import load_config
 
@@ -84,7 +85,7 @@ def _bundled(run_dir: Path, name: str, data_flag_use: str) -> Path:
     return path
 
 
-def calibration_set(model_ref: str | Path, data_dir: str | Path | None = None, n: int = 2048,
+def calibration_set(model_ref: str | Path, data_dir: str | Path | None = None, n: int = CALIBRATION_SIZE,
                     seed: int = 0) -> Drawings:
     """``n`` class-balanced drawings of the run's training split (or its bundled calibration.npz)."""
     if n < 1:
@@ -100,7 +101,7 @@ def calibration_set(model_ref: str | Path, data_dir: str | Path | None = None, n
                     f"{CALIBRATION_FILE} of {run_dir.name} (training split, {len(keep)} class-balanced drawings)")
 
 
-def calibration_pixels(model_ref: str | Path, data_dir: str | Path | None = None, n: int = 2048,
+def calibration_pixels(model_ref: str | Path, data_dir: str | Path | None = None, n: int = CALIBRATION_SIZE,
                        seed: int = 0) -> np.ndarray:
     """(n, 784) uint8: class-balanced rows of the run's training split, for static quantization."""
     return calibration_set(model_ref, data_dir, n, seed).pixels

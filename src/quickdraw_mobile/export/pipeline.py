@@ -22,6 +22,7 @@ from ..errors import QDMError
 from ..fileio import atomic_path, write_json_atomic, write_text_atomic
 from ..modelref import DEFAULT, load_model
 from ..models.profile import count_macs, count_params
+from ..options import CALIBRATION_SIZE
 from .calibration import calibration_set, verification_set
 from .metadata import build_metadata, labels_text, read_metadata, sidecar_paths
 from .runtime import Artifact
@@ -44,7 +45,7 @@ def check_options(fmt: str, quant: str, out: str | Path) -> Path:
 
 
 def export_model(model_ref: str | Path, fmt: str, quant: str, out: str | Path, data_dir: str | Path | None = None,
-                 calib: int = 2048, seed: int = 0) -> dict:
+                 calib: int = CALIBRATION_SIZE, seed: int = 0) -> dict:
     """Export, verify and write ``out`` plus its sidecars; returns the metadata written (with a lowering report)."""
     out = check_options(fmt, quant, out)
     loaded = load_model(model_ref)

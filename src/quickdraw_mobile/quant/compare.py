@@ -40,6 +40,7 @@ from ..fileio import atomic_path, ensure_dir, os_error_reason, write_json_atomic
 from ..inference import logits_for_pixels
 from ..modelref import DEFAULT, load_model, resolve_run_dir
 from ..models.profile import count_macs, count_params
+from ..options import CALIBRATION_SIZE
 from .artifact import save_pte
 from .finetune import TrainingData
 from .int4 import save_packed
@@ -71,7 +72,7 @@ def _measure(path: Path, test, threads: int, runs: int, memory: bool, what: str)
 
 
 def compare(model_ref: str | Path, methods: list[str], out: str | Path, data_dir: str | Path | None = None,
-            calib: int = 2048, seed: int = 0, options: dict[str, dict] | None = None, threads: int = 1,
+            calib: int = CALIBRATION_SIZE, seed: int = 0, options: dict[str, dict] | None = None, threads: int = 1,
             runs: int = 100, memory: bool = True) -> list[dict]:
     """Quantize ``model_ref`` with each method, write and measure every artifact; returns the rows written."""
     options = options or {}
