@@ -96,7 +96,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     overrides = _overrides(args)
     if args.resume:
-        refused = [f"--{name.replace('_', '-')}" for name in [*overrides, "config", "out"]
+        flags = {leaf.flat: leaf.flag for leaf in _config_leaves()}
+        refused = [f"--{flags.get(name, name)}" for name in [*overrides, "config", "out"]
                    if name not in RESUME_OPTIONS and getattr(args, name, None) is not None]
         if refused:
             raise QDMError(f"{', '.join(refused)}: not allowed with --resume (a run continues with its own "
