@@ -94,7 +94,7 @@ def test_export_of_nan_weights_fails_and_keeps_the_file_at_out(fmt, quant, nan_m
     before = snapshot(tmp_path)
     with pytest.raises(QDMError) as info:
         export_model(nan_models["run"], fmt, quant, out, data_dir=tiny_store, calib=64)
-    assert str(info.value) == f"{out}: the eager model {NON_FINITE} on 60 of 60 verification drawings; nothing was written"
+    assert str(info.value) == f"{out}: the eager model {NON_FINITE} on 90 of 90 verification drawings; nothing was written"
     assert snapshot(tmp_path) == before
 
 
@@ -113,7 +113,7 @@ def test_export_refuses_an_exported_file_with_non_finite_logits(fmt, nan_models,
     before = snapshot(tmp_path)
     with pytest.raises(QDMError) as info:
         export_model(tiny_run, fmt, "none", out, data_dir=tiny_store)
-    assert str(info.value) == (f"{out}: the exported model {NON_FINITE} on 60 of 60 verification drawings; "
+    assert str(info.value) == (f"{out}: the exported model {NON_FINITE} on 90 of 90 verification drawings; "
                                "nothing was written")
     assert snapshot(tmp_path) == before
 
@@ -125,7 +125,7 @@ def test_quantize_refuses_a_model_with_nan_weights(nan_models, tiny_store, tmp_p
     (out / "comparison.json").write_text("[]\n")
     assert qdm(["quantize", "--model", str(nan_models["run"]), "--data", str(tiny_store), "--methods", "fp32,int8-ptq",
                 "--out", str(out)]) == 2
-    assert error_line(capsys) == (f"error: {nan_models['run']}: the model {NON_FINITE} on 480 of 480 calibration "
+    assert error_line(capsys) == (f"error: {nan_models['run']}: the model {NON_FINITE} on 720 of 720 calibration "
                                   "drawings; nothing was written")
     assert snapshot(out) == {"comparison.json": b"[]\n"}
 
@@ -153,7 +153,7 @@ def test_quantize_refuses_a_method_with_non_finite_logits_and_keeps_the_last_com
     with pytest.raises(QDMError) as info:
         compare_module.compare(tiny_run, ["int4-rtn"], out, **args)
     assert str(info.value) == (f"{out / 'artifacts' / 'int4-rtn.safetensors'}: method 'int4-rtn' {NON_FINITE} on "
-                               "60 of 60 test drawings; nothing was written")
+                               "90 of 90 test drawings; nothing was written")
     assert snapshot(out) == before
 
 
