@@ -1,4 +1,6 @@
-"""Shared test fixtures. Real Quick, Draw! data comes from ../shared/quickdraw beside the repository."""
+"""Shared test fixtures. The tests run on the real drawings shipped in the package (``embedded``, ``tiny_store``,
+``tiny_run``); the full Quick, Draw! data in ../shared/quickdraw (``shared_data``) is an extra layer that skips
+without it."""
 
 from __future__ import annotations
 
@@ -19,11 +21,80 @@ def shared_data() -> Path:
     return SHARED
 
 
+# -------------------------------------------------------------------------------- real drawings of the package
+# The package ships the first 1,000 official bitmaps of 10 classes (quickdraw_mobile.data.embedded): the tests
+# build their stores from them, so they run from a clean checkout; ``shared_data`` is the extra real-data layer.
+EMBEDDED_CLASSES = ["airplane", "apple", "banana", "bicycle", "cat", "clock", "fish", "house", "star", "tree"]
+EMBEDDED_ROWS = 1000
+
+
+@pytest.fixture(scope="session")
+def embedded(tmp_path_factory):
+    """The embedded subset as a read-only store, unpacked once per session into a temporary cache."""
+    from quickdraw_mobile.data.embedded import CACHE_ENV, embedded_store
+    from quickdraw_mobile.data.store import Store
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("embedded_cache")))
+        return Store.open(embedded_store())
+
+
+@pytest.fixture(scope="session")
+def drawings(embedded):
+    """``drawings(name, rows=None)``: a writable copy of the first ``rows`` real bitmaps of an embedded class."""
+    import numpy as np
+
+    def first_rows(name: str, rows: int | None = None) -> np.ndarray:
+        if rows is not None and rows > EMBEDDED_ROWS:
+            raise ValueError(f"the package holds {EMBEDDED_ROWS} drawings of {name!r}, not {rows}")
+        return np.array(embedded.array(name)[:rows])
+
+    return first_rows
+
+
+def make_store(drawings, root: Path, class_rows: dict[str, int]):
+    """A store of the first ``rows`` real drawings of each class of ``{class: rows}`` (``drawings``: the fixture)."""
+    from quickdraw_mobile.data.store import Store
+
+    store = Store.create(root)
+    for name, rows in class_rows.items():
+        store.add_class(name, drawings(name, rows), source="test")
+    return store
+
+
+# A few strokes drawn by hand (a triangle, a square, a zigzag, ...), for the tests of stroke input: the package
+# ships bitmaps, not strokes; tests that compare with the official strokes or renders use ``shared_data``.
+_SHAPES = [
+    [[[20, 128, 236, 20], [220, 20, 220, 220]]],
+    [[[30, 225, 225, 30, 30], [30, 30, 225, 225, 30]], [[30, 225], [30, 225]]],
+    [[[0, 60, 120, 180, 250], [200, 40, 200, 40, 200]]],
+    [[[128, 160, 250, 160, 128, 96, 0, 96, 128], [0, 96, 128, 160, 250, 160, 128, 96, 0]]],
+    [[[10, 245], [128, 128]], [[128, 128], [10, 245]], [[60, 200, 200, 60], [60, 60, 200, 200]]],
+]
+
+
+def stroke_lines(word: str, n: int, fmt: str = "simplified") -> list[str]:
+    """``n`` ndjson lines shaped like the official ones (``fmt``: simplified ints, or raw x, y, t floats)."""
+    import json
+
+    lines = []
+    for i in range(n):
+        strokes = [[[x + i % 3 for x in xs], [y + i // 3 % 3 for y in ys]] for xs, ys in _SHAPES[i % len(_SHAPES)]]
+        if fmt == "raw":  # raw strokes: screen coordinates (offset and scaled) with a time per point
+            strokes = [[[1.5 * x + 40.25 for x in xs], [2.0 * y + 17.5 for y in ys], [50.0 * k for k in range(len(xs))]]
+                       for xs, ys in strokes]
+        lines.append(json.dumps({"word": word, "countrycode": "ZZ", "recognized": True, "key_id": str(i),
+                                 "drawing": strokes}, separators=(",", ":")))
+    return lines
+
+
 # ---------------------------------------------------------------------------------------------- tiny real data
 TINY_CLASSES = ["apple", "cat", "star"]
-# A cnn_small trained for a few seconds: the model that export, bench and the quantization tests work on.
-TINY_TRAIN = dict(model="cnn_small", model_kwargs={"width": 8}, epochs=3, batch_size=32, max_per_class=200,
-                  warmup_epochs=0.5, threads=1, seed=0)
+# A cnn_small trained for a few seconds: the model that train, export, bench and the quantization tests work on.
+# 300 drawings a class (240 train, 30 val, 30 test) make a model the quantization tests can measure.
+TINY_ROWS = 400
+TINY_TRAIN = dict(model="cnn_small", model_kwargs={"width": 8}, epochs=3, batch_size=32, max_per_class=300,
+                  warmup_epochs=0.5, threads=1, seed=3)
 # Small configurations of the registered models keep the suite fast; others are tested at their defaults.
 SMALL_MODEL_OPTIONS = {
     "cnn": dict(width=8, blocks=(1, 1)),
@@ -34,28 +105,15 @@ SMALL_MODEL_OPTIONS = {
 }
 
 
-def make_store(shared: Path, root: Path, classes: list[str], rows: int):
-    """A store of the first ``rows`` real drawings of each of ``classes``."""
-    import numpy as np
-
-    from quickdraw_mobile.data.store import Store
-
-    store = Store.create(root)
-    for name in classes:
-        pixels = np.load(shared / "numpy_bitmap" / f"{name}.npy", mmap_mode="r")[:rows]
-        store.add_class(name, np.ascontiguousarray(pixels), source="test")
-    return store
-
-
 @pytest.fixture(scope="session")
-def tiny_store(shared_data, tmp_path_factory) -> Path:
-    """3 real classes x 200 drawings."""
-    return make_store(shared_data, tmp_path_factory.mktemp("store"), TINY_CLASSES, 200).root
+def tiny_store(drawings, tmp_path_factory) -> Path:
+    """3 real classes x TINY_ROWS drawings, from the package (tests must not change it)."""
+    return make_store(drawings, tmp_path_factory.mktemp("store"), dict.fromkeys(TINY_CLASSES, TINY_ROWS)).root
 
 
 @pytest.fixture(scope="session")
 def tiny_run(tiny_store, tmp_path_factory) -> Path:
-    """A run folder of TINY_TRAIN on ``tiny_store`` (tests must not change it: copy it first)."""
+    """The one tiny training of the suite: a run folder of TINY_TRAIN on ``tiny_store`` (copy it to change it)."""
     from quickdraw_mobile.train import train
     from quickdraw_mobile.train.config import TrainConfig
 

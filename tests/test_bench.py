@@ -40,7 +40,7 @@ def test_bench_runs_end_to_end(tiny_run, tiny_store, tmp_path):
     assert by_name["ExecuTorch FP32"]["agreement_with_eager"] == 1.0
     assert by_name["ExecuTorch INT8"]["size_bytes"] < by_name["ExecuTorch FP32"]["size_bytes"]
     assert result["machine"]["peak_fp32_gmacs"]["1"] > 0
-    assert "test split, 60 drawings" in result["settings"]["accuracy_on"]
+    assert "test split, 90 drawings" in result["settings"]["accuracy_on"]
 
     from quickdraw_mobile.bench.report import write_report
 

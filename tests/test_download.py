@@ -1,4 +1,4 @@
-"""The official-data downloader against a local HTTP server that serves real numpy_bitmap files.
+"""The official-data downloader against a local HTTP server that serves numpy_bitmap files of real drawings.
 
 The server (127.0.0.1, ephemeral port) speaks Range like Google's bucket, and can be told to ignore Range, drop
 the connection once at a given byte, answer 500 once, answer an HTML page, or stall.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import socket
 import threading
 import urllib.parse
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import EMBEDDED_CLASSES
 
 from quickdraw_mobile import cli
 from quickdraw_mobile.data import download as dl
@@ -27,7 +27,10 @@ from quickdraw_mobile.data.store import Store
 from quickdraw_mobile.errors import QDMError
 from quickdraw_mobile.fileio import sha256_file
 
-SERVED = ["guitar", "bee", "The Eiffel Tower"]  # small real classes; one name with spaces
+SERVED = ["guitar", "bee", "The Eiffel Tower"]  # small files; one name with spaces
+# The package holds none of these classes: each file is real drawings of one it holds (the downloader never looks
+# at what a drawing shows), with its own row count, in the official .npy format.
+STAND_IN = {"guitar": ("apple", 383), "bee": ("banana", 391), "The Eiffel Tower": ("house", 794)}
 ROW = 784
 
 
@@ -112,11 +115,11 @@ def _handler(bucket: FakeBucket):
 
 
 @pytest.fixture
-def bucket(shared_data, tmp_path):
+def bucket(drawings, tmp_path):
     root = tmp_path / "bucket"
     root.mkdir()
     for name in SERVED:
-        shutil.copy(shared_data / "numpy_bitmap" / f"{name}.npy", root / f"{name}.npy")
+        np.save(root / f"{name}.npy", drawings(*STAND_IN[name]))
     state = FakeBucket(root)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -422,11 +425,11 @@ def test_cli_download_success_and_failure(bucket, tmp_path, capsys):
     assert "error: unknown class 'caat'; did you mean 'cat'" in capsys.readouterr().err
 
 
-def test_cli_num_classes_picks_deterministic_classes(bucket, shared_data, tmp_path, capsys):
+def test_cli_num_classes_picks_deterministic_classes(bucket, drawings, tmp_path, capsys):
     picked = sample_classes(3, seed=1)
-    served = [c for c in picked if (shared_data / "numpy_bitmap" / f"{c}.npy").exists()]
+    served = [c for c in picked if c in EMBEDDED_CLASSES]
     for name in served:
-        shutil.copy(shared_data / "numpy_bitmap" / f"{name}.npy", bucket.root / f"{name}.npy")
+        np.save(bucket.root / f"{name}.npy", drawings(name))
     missing = [c for c in picked if c not in served]
     out = tmp_path / "s"
     argv = ["data", "download", "--num-classes", "3", "--seed", "1", "--per-class", "5", "--out", str(out),
@@ -435,7 +438,7 @@ def test_cli_num_classes_picks_deterministic_classes(bucket, shared_data, tmp_pa
     err = capsys.readouterr().err
     assert sorted({n for n, _, _ in bucket.requests}) == sorted(picked)  # exactly the seeded classes
     assert sorted(Store.open(out).classes) == sorted(served)
-    if missing:  # the test bucket only has the classes of the shared data: the others are clear 404s
+    if missing:  # the test bucket only has the classes of the package: the others are clear 404s
         last_line = err.splitlines()[-1]  # the lines before it are the progress bar
         assert status == 2 and last_line.startswith("error: download failed")
         assert f"failed for {len(missing)} of 3 classes ({', '.join(missing)};" in last_line

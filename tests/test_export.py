@@ -80,7 +80,7 @@ def test_trained_model_int8_export_agrees_and_is_smaller(fmt, tiny_run, tiny_sto
     int8 = export_model(tiny_run, fmt, "int8", tmp_path / f"int8.{fmt}", data_dir=tiny_store, calib=256)
     assert int8["artifact"]["bytes"] < 0.6 * fp32["artifact"]["bytes"]
     check = int8["verification"]
-    assert check["top1_agreement"] >= 0.9 and check["drawings"] == 60
+    assert check["top1_agreement"] >= 0.9 and check["drawings"] == 90
     assert abs(check["exported_top1"] - check["eager_top1"]) <= 0.1
     calib = int8["export"]["calibration"]
     assert calib["drawings"] == 256 and "training split" in calib["source"]
@@ -169,7 +169,7 @@ def test_bundled_samples_are_used_without_data(tiny_run, tiny_store, tmp_path):
         np.savez_compressed(run / name, pixels=pixels, labels=labels)
     calib = calibration_set(run, n=30)
     assert np.bincount(calib.labels).tolist() == [10, 10, 10] and "calibration.npz" in calib.source
-    assert len(verification_set(run).pixels) == 60
+    assert len(verification_set(run).pixels) == 90
     meta = export_model(run, "pte", "int8", tmp_path / "m.pte", calib=30)
     assert "calibration.npz" in meta["export"]["calibration"]["source"]
     assert "sample.npz" in meta["verification"]["source"]
@@ -307,7 +307,7 @@ def test_failed_verification_writes_nothing(tiny_run, tiny_store, tmp_path, monk
     other = create_model("cnn_small", 3, width=8).eval()  # untrained: its answers differ from the run's
     real = onnx_export.to_onnx
     monkeypatch.setattr(onnx_export, "to_onnx", lambda model, quant, calib=None: real(other, quant, calib))
-    with pytest.raises(QDMError, match=r"the FP32 export disagrees with the eager model on \d+ of 60"):
+    with pytest.raises(QDMError, match=r"the FP32 export disagrees with the eager model on \d+ of 90"):
         export_model(tiny_run, "onnx", "none", out, data_dir=tiny_store)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
@@ -341,5 +341,5 @@ def test_export_cli_prints_delegation_and_verification(tiny_run, tiny_store, tmp
     printed = capsys.readouterr().out
     assert f"wrote {out}" in printed and "XNNPACK delegated (1 subgraph)" in printed
     assert "not delegated (portable kernels): none" in printed
-    assert "top-1 agreement with eager" in printed and "(test split, 60 drawings)" in printed
+    assert "top-1 agreement with eager" in printed and "(test split, 90 drawings)" in printed
     assert load_artifact(out).quant == "int8"

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_store
 
 from quickdraw_mobile.data import loader as loader_module
 from quickdraw_mobile.data.loader import (
@@ -21,17 +22,13 @@ from quickdraw_mobile.data.store import SplitSpec, Store
 from quickdraw_mobile.errors import QDMError
 
 # Deliberately imbalanced, so balanced sampling has something to correct.
-CLASS_ROWS = {"apple": 360, "banana": 180, "bee": 90, "bicycle": 45}
+CLASS_ROWS = {"airplane": 90, "apple": 360, "banana": 180, "bicycle": 45}
 SPEC = SplitSpec(val_fraction=0.1, test_fraction=0.1, seed=0)
 
 
 @pytest.fixture(scope="module")
-def store(shared_data, tmp_path_factory) -> Store:
-    st = Store.create(tmp_path_factory.mktemp("loader") / "store")
-    for name, rows in CLASS_ROWS.items():
-        path = shared_data / "numpy_bitmap" / f"{name}.npy"
-        st.add_class(name, np.load(path, mmap_mode="r")[:rows], str(path))
-    return st
+def store(drawings, tmp_path_factory) -> Store:
+    return make_store(drawings, tmp_path_factory.mktemp("loader") / "store", CLASS_ROWS)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import artifact_with_bytes
+from conftest import artifact_with_bytes, stroke_lines
 
 from quickdraw_mobile.export import load_artifact
 from quickdraw_mobile.modelref import default_model_dir
@@ -62,18 +62,16 @@ def test_classify_gives_python_executorchs_answers(quant, native_bin, default_pt
     assert all(len(r["top"]) == 3 for r in rows)
 
 
-def _some_drawings(shared: Path, folder: str, per_class: int) -> str:
+def _some_drawings(fmt: str, per_class: int) -> str:
+    """Hand-drawn strokes (conftest.stroke_lines) under every fifth class name of the default model."""
     names = [line for line in (default_model_dir() / "labels.txt").read_text().splitlines() if line][::5]
-    lines = []
-    for name in names:
-        lines += (shared / folder / f"{name}.ndjson").read_text().splitlines()[:per_class]
-    return "\n".join(lines) + "\n"
+    return "".join(f"{line}\n" for name in names for line in stroke_lines(name, per_class, fmt))
 
 
 @pytest.mark.parametrize("folder", ["simplified", "raw"])
-def test_ndjson_strokes_give_the_top5_of_qdm_predict(folder, native_bin, default_ptes, shared_data, tmp_path):
+def test_ndjson_strokes_give_the_top5_of_qdm_predict(folder, native_bin, default_ptes, tmp_path):
     strokes = tmp_path / "drawings.ndjson"
-    strokes.write_text(_some_drawings(shared_data, folder, 3))
+    strokes.write_text(_some_drawings(folder, 5))
     pte = default_ptes["int8"]
     run(native_bin, "classify", "--model", pte, "--input", strokes, "--out", tmp_path / "native.jsonl")
     predict_file(str(pte), strokes, tmp_path / "python.jsonl", k=5)
@@ -237,9 +235,9 @@ def test_bad_input_under_asan_and_ubsan(case, asan_bin, default_ptes, tmp_path):
     _check_refused(asan_bin, args, expected, tmp_path / "out.jsonl")
 
 
-def test_good_input_under_asan_and_ubsan(asan_bin, default_ptes, sample, shared_data, tmp_path):
+def test_good_input_under_asan_and_ubsan(asan_bin, default_ptes, sample, tmp_path):
     strokes = tmp_path / "drawings.ndjson"
-    strokes.write_text(_some_drawings(shared_data, "raw", 2))
+    strokes.write_text(_some_drawings("raw", 2))
     for args in (["classify", "--model", default_ptes["int8"], "--input", strokes, "--out", tmp_path / "a.jsonl"],
                  ["classify", "--model", default_ptes["none"], "--input", sample[0], "--out", tmp_path / "b.jsonl"],
                  ["selfcheck", "--model", default_ptes["int8"]],

@@ -6,13 +6,13 @@ import json
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
+from conftest import make_store
 
 from quickdraw_mobile.bench.native import find_native
 from quickdraw_mobile.cli import main as qdm
-from quickdraw_mobile.data.store import SplitSpec, Store, split_class_rows
+from quickdraw_mobile.data.store import SplitSpec, split_class_rows
 from quickdraw_mobile.errors import QDMError
 from quickdraw_mobile.pipeline import CONFIGS, SECTIONS, load_pipeline_config, run
 from quickdraw_mobile.quant import list_methods
@@ -31,11 +31,9 @@ TINY_BENCH = {"runs": 5, "warmup": 1, "batch": 4, "threads": [1], "memory": Fals
 
 
 @pytest.fixture
-def tiny_config(tmp_path, shared_data):
+def tiny_config(tmp_path, drawings):
     """``tiny_config(methods)``: a pipeline YAML on 3 real classes x 150 drawings, a cnn_small, tiny settings."""
-    store = Store.create(tmp_path / "store")
-    for name in ("apple", "cat", "star"):
-        store.add_class(name, np.load(shared_data / "numpy_bitmap" / f"{name}.npy", mmap_mode="r")[:150], "t")
+    store = make_store(drawings, tmp_path / "store", dict.fromkeys(("apple", "cat", "star"), 150))
 
     def make(methods: list[str] | str) -> Path:
         chosen = list_methods() if methods == "all" else methods

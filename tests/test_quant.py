@@ -39,12 +39,8 @@ from quickdraw_mobile.quant.rtn import rtn_quantize
 from quickdraw_mobile.quant.scaling import scale_inputs
 from quickdraw_mobile.quant.smoothquant import scope_layers, smooth, smoothable_layers
 from quickdraw_mobile.quant.stats import collect_input_stats, weight_matrix
-from quickdraw_mobile.train import train
-from quickdraw_mobile.train.config import TrainConfig
 
 CLASSES = ["apple", "cat", "star"]
-TINY = dict(model="cnn_small", model_kwargs={"width": 8}, epochs=3, batch_size=32, max_per_class=300,
-            warmup_epochs=0.5, threads=1, seed=3)
 BITS = {"fp32": 32, "int8-ptq": 8, "int8-smoothquant": 8, "int8-qat": 8, "int8-mixed": 8, "int4-rtn": 4,
         "int4-gptq": 4, "int4-awq": 4, "pruned": 32}
 METHODS = list(BITS)
@@ -57,15 +53,9 @@ FAST = {  # short schedules and searches: the tests check the machinery, the com
 
 
 @pytest.fixture(scope="module")
-def tiny(shared_data, tmp_path_factory):
-    """A cnn_small trained for a few seconds on 3 real classes, with its calibration, test and training data."""
-    root = tmp_path_factory.mktemp("store")
-    store = Store.create(root)
-    for name in CLASSES:
-        rows = np.load(shared_data / "numpy_bitmap" / f"{name}.npy", mmap_mode="r")[:400]
-        store.add_class(name, np.ascontiguousarray(rows), source="test")
-    run = tmp_path_factory.mktemp("run") / "run"
-    train(TrainConfig(**TINY), root, run, progress=False)
+def tiny(tiny_run, tiny_store):
+    """The tiny model of conftest (3 real classes), with its calibration, test and training data."""
+    run, root, store = tiny_run, tiny_store, Store.open(tiny_store)
     loaded = load_model(run)
     cfg = loaded.config
     splits = store.splits(SplitSpec(cfg.val_fraction, cfg.test_fraction, cfg.split_seed, cfg.max_per_class),

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_TRAIN
+from conftest import TINY_TRAIN, stroke_lines
 from safetensors.torch import load_file
 
 from quickdraw_mobile import fileio
@@ -125,10 +125,10 @@ def _verb(name: str, store: Path, run: Path, inputs: Path, out: Path) -> list[st
 
 
 @pytest.fixture(scope="module")
-def verb_inputs(tiny_store, shared_data, tmp_path_factory) -> Path:
+def verb_inputs(tiny_store, tmp_path_factory) -> Path:
     inputs = tmp_path_factory.mktemp("inputs")
     np.save(inputs / "x.npy", Store.open(tiny_store).array("cat")[:4])
-    lines = (shared_data / "simplified" / "cat.ndjson").read_text().splitlines()[:4]
+    lines = stroke_lines("cat", 4)
     for name in ("d.ndjson", "cat.ndjson"):
         (inputs / name).write_text("\n".join(lines) + "\n")
     return inputs

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CLASSES, artifact_with_bytes
+from conftest import TINY_CLASSES, artifact_with_bytes, stroke_lines
 from safetensors.torch import load_file, save_file
 
 from quickdraw_mobile.cli import main as qdm
@@ -94,7 +94,7 @@ def test_export_of_nan_weights_fails_and_keeps_the_file_at_out(fmt, quant, nan_m
     before = snapshot(tmp_path)
     with pytest.raises(QDMError) as info:
         export_model(nan_models["run"], fmt, quant, out, data_dir=tiny_store, calib=64)
-    assert str(info.value) == f"{out}: the eager model {NON_FINITE} on 60 of 60 verification drawings; nothing was written"
+    assert str(info.value) == f"{out}: the eager model {NON_FINITE} on 90 of 90 verification drawings; nothing was written"
     assert snapshot(tmp_path) == before
 
 
@@ -113,7 +113,7 @@ def test_export_refuses_an_exported_file_with_non_finite_logits(fmt, nan_models,
     before = snapshot(tmp_path)
     with pytest.raises(QDMError) as info:
         export_model(tiny_run, fmt, "none", out, data_dir=tiny_store)
-    assert str(info.value) == (f"{out}: the exported model {NON_FINITE} on 60 of 60 verification drawings; "
+    assert str(info.value) == (f"{out}: the exported model {NON_FINITE} on 90 of 90 verification drawings; "
                                "nothing was written")
     assert snapshot(tmp_path) == before
 
@@ -125,7 +125,7 @@ def test_quantize_refuses_a_model_with_nan_weights(nan_models, tiny_store, tmp_p
     (out / "comparison.json").write_text("[]\n")
     assert qdm(["quantize", "--model", str(nan_models["run"]), "--data", str(tiny_store), "--methods", "fp32,int8-ptq",
                 "--out", str(out)]) == 2
-    assert error_line(capsys) == (f"error: {nan_models['run']}: the model {NON_FINITE} on 480 of 480 calibration "
+    assert error_line(capsys) == (f"error: {nan_models['run']}: the model {NON_FINITE} on 720 of 720 calibration "
                                   "drawings; nothing was written")
     assert snapshot(out) == {"comparison.json": b"[]\n"}
 
@@ -153,7 +153,7 @@ def test_quantize_refuses_a_method_with_non_finite_logits_and_keeps_the_last_com
     with pytest.raises(QDMError) as info:
         compare_module.compare(tiny_run, ["int4-rtn"], out, **args)
     assert str(info.value) == (f"{out / 'artifacts' / 'int4-rtn.safetensors'}: method 'int4-rtn' {NON_FINITE} on "
-                               "60 of 60 test drawings; nothing was written")
+                               "90 of 90 test drawings; nothing was written")
     assert snapshot(out) == before
 
 
@@ -241,10 +241,9 @@ def test_unloadable_pte_and_onnx_files_are_clean_errors(good, tmp_path):
 
 
 # ------------------------------------------------------------------------------------- 8. silent data changes
-def test_blank_ndjson_lines_are_skipped_by_predict_and_render_as_their_help_says(tiny_run, shared_data, tmp_path,
-                                                                                  capsys):
+def test_blank_ndjson_lines_are_skipped_by_predict_and_render_as_their_help_says(tiny_run, tmp_path, capsys):
     """predict and data render agree: one row per drawing, blank lines skipped; both helps say so."""
-    lines = (shared_data / "simplified" / "cat.ndjson").read_text().splitlines()[:3]
+    lines = stroke_lines("cat", 3)
     src = tmp_path / "d.ndjson"
     src.write_text(f"{lines[0]}\n\n{lines[1]}\n   \n{lines[2]}\n")
     assert qdm(["data", "render", str(src), "--out", str(tmp_path / "d.npy")]) == 0
@@ -262,12 +261,12 @@ def test_blank_ndjson_lines_are_skipped_by_predict_and_render_as_their_help_says
         assert "blank lines hold no drawing and are skipped" in " ".join(capsys.readouterr().out.split()).lower()
 
 
-def test_ingest_refuses_to_shrink_a_class_without_allow_shrink(shared_data, tmp_path, capsys):
+def test_ingest_refuses_to_shrink_a_class_without_allow_shrink(drawings, tmp_path, capsys):
     """ingest never cuts a class down (by --per-class or a smaller file) unless --allow-shrink; the store is left
     byte-identical, and the flag replaces the class."""
     src, store = tmp_path / "src", tmp_path / "store"
     src.mkdir()
-    np.save(src / "apple.npy", np.load(shared_data / "numpy_bitmap" / "apple.npy", mmap_mode="r")[:200])
+    np.save(src / "apple.npy", drawings("apple", 200))
     assert qdm(["data", "ingest", str(src / "apple.npy"), "--out", str(store)]) == 0
     before = snapshot(store)
 
@@ -275,7 +274,7 @@ def test_ingest_refuses_to_shrink_a_class_without_allow_shrink(shared_data, tmp_
     assert error_line(capsys) == (f"error: {store}: class 'apple' has 200 drawings; ingesting apple.npy would cut it "
                                   "down to 100 (--per-class 100); pass --allow-shrink to replace it with fewer")
     ndjson = tmp_path / "apple.ndjson"  # its count is known only once rendered
-    ndjson.write_text("\n".join((shared_data / "simplified" / "apple.ndjson").read_text().splitlines()[:5]) + "\n")
+    ndjson.write_text("\n".join(stroke_lines("apple", 5)) + "\n")
     assert qdm(["data", "ingest", str(ndjson), "--out", str(store)]) == 2
     assert error_line(capsys).endswith("ingesting apple.ndjson would cut it down to 5; pass --allow-shrink to "
                                        "replace it with fewer")

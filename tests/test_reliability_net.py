@@ -33,7 +33,7 @@ from quickdraw_mobile.data.npyformat import parse_header
 from quickdraw_mobile.errors import QDMError
 from quickdraw_mobile.serve import create_app
 
-CLASS = "bee"  # 391 real rows in the test data
+CLASS = "bee"  # 391 rows in the test bucket
 PER_CLASS = 300
 DROP = 128 + 120 * ROW + 50  # the first run's connection drops mid-row, after 120 rows
 _plain_handler = test_download._handler

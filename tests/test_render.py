@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import stroke_lines
 
 from quickdraw_mobile.cli import main
 from quickdraw_mobile.data.render import (
@@ -45,10 +46,6 @@ def pairs(shared_data):
 def write_lines(path: Path, lines: list[str]) -> Path:
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return path
-
-
-def simplified_lines(shared_data, name: str, n: int) -> list[str]:
-    return (shared_data / "simplified" / f"{name}.ndjson").read_text(encoding="utf-8").splitlines()[:n]
 
 
 # ---------------------------------------------------------------------------------------------- fidelity
@@ -105,8 +102,8 @@ def test_strokes_paint_over_each_other_in_any_order():
     assert np.all(both >= np.maximum(a, b) - 1)
 
 
-def test_render_many_matches_render_strokes_row_by_row(pairs):
-    drawings = pairs["drawing"][:40]
+def test_render_many_matches_render_strokes_row_by_row():
+    drawings = [json.loads(line)["drawing"] for line in stroke_lines("cat", 40)]
     many = render_many(drawings)
     for drawing, row in zip(drawings, many, strict=True):
         np.testing.assert_array_equal(render_strokes(drawing), row)
@@ -157,9 +154,9 @@ def test_explicit_simplified_format_is_checked():
 
 
 # ----------------------------------------------------------------------------------------------- the CLI
-def test_cli_renders_every_line_in_order(shared_data, tmp_path, capsys):
-    lines = simplified_lines(shared_data, "cat", 20)
-    raw_lines = (shared_data / "raw" / "cat.ndjson").read_text(encoding="utf-8").splitlines()[:5]
+def test_cli_renders_every_line_in_order(tmp_path, capsys):
+    lines = stroke_lines("cat", 20)
+    raw_lines = stroke_lines("cat", 5, fmt="raw")[::-1]
     src = write_lines(tmp_path / "mixed.ndjson", lines[:10] + raw_lines + [""] + lines[10:])
     out = tmp_path / "out" / "cat.npy"
     assert main(["data", "render", str(src), "--out", str(out)]) == 0
@@ -176,8 +173,8 @@ def test_cli_renders_every_line_in_order(shared_data, tmp_path, capsys):
     np.testing.assert_array_equal(np.load(tmp_path / "raw.npy"), pixels[10:15])
 
 
-def test_render_ndjson_returns_words_and_line_numbers(shared_data, tmp_path):
-    lines = simplified_lines(shared_data, "fish", 3)
+def test_render_ndjson_returns_words_and_line_numbers(tmp_path):
+    lines = stroke_lines("fish", 3)
     unnamed = json.dumps({"drawing": json.loads(lines[0])["drawing"]})
     path = write_lines(tmp_path / "f.ndjson", [lines[0], "   ", lines[1], unnamed])
     pixels, words = render_ndjson(path)
@@ -202,9 +199,9 @@ BAD_LINES = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_LINES))
-def test_malformed_line_names_file_and_line_and_writes_nothing(shared_data, tmp_path, capsys, case):
+def test_malformed_line_names_file_and_line_and_writes_nothing(tmp_path, capsys, case):
     bad, message = BAD_LINES[case]
-    good = simplified_lines(shared_data, "fish", 4)
+    good = stroke_lines("fish", 4)
     src = write_lines(tmp_path / "in.ndjson", good[:2] + [bad] + good[2:4])  # line 3 of 5
     out = tmp_path / "out.npy"
     with pytest.raises(QDMError, match=rf"^{re.escape(str(src))}:3: {message}"):
@@ -215,8 +212,8 @@ def test_malformed_line_names_file_and_line_and_writes_nothing(shared_data, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.ndjson"]  # no output, no temporary file
 
 
-def test_failed_render_leaves_the_previous_output_untouched(shared_data, tmp_path):
-    good = simplified_lines(shared_data, "fish", 5)
+def test_failed_render_leaves_the_previous_output_untouched(tmp_path):
+    good = stroke_lines("fish", 5)
     out = tmp_path / "out.npy"
     assert render_ndjson_file(write_lines(tmp_path / "good.ndjson", good), out) == 5
     before = out.read_bytes()

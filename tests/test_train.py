@@ -8,11 +8,11 @@ import socket
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_CLASSES, TINY_TRAIN, stroke_lines
 from safetensors.torch import load_file
 
 from quickdraw_mobile.cli import main as qdm
@@ -24,26 +24,7 @@ from quickdraw_mobile.train import load_config, train
 from quickdraw_mobile.train.config import TrainConfig, from_dict
 from quickdraw_mobile.train.distill import DistillConfig, soft_cross_entropy, teacher_probs
 
-CLASSES = ["apple", "cat", "star"]
-TINY = dict(model="cnn_small", model_kwargs={"width": 8}, epochs=2, batch_size=32, max_per_class=160,
-            warmup_epochs=0.5, threads=1, seed=3)
-
-
-@pytest.fixture(scope="module")
-def tiny_store(shared_data, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("store")
-    store = Store.create(root)
-    for name in CLASSES:
-        rows = np.load(shared_data / "numpy_bitmap" / f"{name}.npy", mmap_mode="r")[:200]
-        store.add_class(name, np.ascontiguousarray(rows), source="test")
-    return root
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tiny_store, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("run") / "run"
-    train(from_dict(TINY), tiny_store, out, progress=False)
-    return out
+CLASSES, TINY = TINY_CLASSES, TINY_TRAIN  # tiny_store and tiny_run (conftest) are these
 
 
 def test_run_folder_holds_everything(tiny_run):
@@ -54,10 +35,10 @@ def test_run_folder_holds_everything(tiny_run):
     assert (tiny_run / "labels.txt").read_text().split("\n")[:3] == CLASSES
     assert load_config(tiny_run / "config.yaml") == from_dict(TINY)
     rows = (tiny_run / "metrics.csv").read_text().strip().splitlines()
-    assert rows[0].startswith("epoch,train_loss,train_acc,val_loss,val_acc") and len(rows) == 3
+    assert rows[0].startswith("epoch,train_loss,train_acc,val_loss,val_acc") and len(rows) == 4
     summary = json.loads((tiny_run / "train_summary.json").read_text())
-    assert summary["complete"] and summary["epochs_done"] == 2 and summary["classes"] == 3
-    assert summary["train_samples"] + summary["val_samples"] + summary["test_samples"] == 3 * 160
+    assert summary["complete"] and summary["epochs_done"] == 3 and summary["classes"] == 3
+    assert summary["train_samples"] + summary["val_samples"] + summary["test_samples"] == 3 * 300
     weights = load_file(tiny_run / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in weights.values())
 
@@ -72,7 +53,7 @@ def test_resume_is_bit_exact(tiny_store, tiny_run, tmp_path):
     out = tmp_path / "interrupted"
     first = train(from_dict(TINY), tiny_store, out, progress=False, stop_after_steps=5)  # mid-epoch 1
     assert not first["complete"] and not (out / "model.safetensors").exists()
-    second = train(None, tiny_store, out, resume=True, progress=False, stop_after_steps=9)  # into epoch 2
+    second = train(None, tiny_store, out, resume=True, progress=False, stop_after_steps=20)  # into epoch 2
     assert not second["complete"] and second["epochs_done"] == 1
     third = train(None, tiny_store, out, resume=True, progress=False)
     assert third["complete"]
@@ -116,14 +97,14 @@ def test_ema_follows_the_weights_step_by_step_and_is_what_gets_saved(tiny_store,
         if done:
             break
         done = train(None, tiny_store, out, resume=True, progress=False, stop_after_steps=1)["complete"]
-    assert averaged == int(state["ema"]["n_averaged"]) == 12  # 3 x 128 training rows / batch 32
+    assert averaged == int(state["ema"]["n_averaged"]) == 22  # 3 x 240 training rows / batch 32, the partial batch dropped
     saved = load_file(out / "model.safetensors")
     for key, value in expected.items():
         assert torch.allclose(state["ema"]["module." + key].double(), value, atol=1e-5), key
         assert torch.equal(saved[key], state["ema"]["module." + key]), key  # the average is what was saved
     assert not all(torch.equal(saved[k], state["model"][k]) for k in expected)  # and it is not the raw weights
     counters = [k for k, v in state["model"].items() if not v.is_floating_point()]  # BN's num_batches_tracked
-    assert counters and all(int(saved[k]) == int(state["model"][k]) == 12 for k in counters)  # copied, not averaged
+    assert counters and all(int(saved[k]) == int(state["model"][k]) == 22 for k in counters)  # copied, not averaged
 
 
 def test_existing_run_is_not_overwritten(tiny_store, tiny_run):
@@ -155,7 +136,7 @@ def test_bad_configs_and_data(tiny_store, tmp_path):
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_store, tmp_path):
     out = tmp_path / "nan"
-    train(from_dict({**TINY, "epochs": 3}), tiny_store, out, progress=False, stop_after_steps=9)  # epoch 2
+    train(from_dict({**TINY, "epochs": 3}), tiny_store, out, progress=False, stop_after_steps=30)  # epoch 2
     last = (out / "checkpoints" / "last.pt").read_bytes()
     # Poison the run's saved optimizer state? No: poison the weights of the next resume through a huge lr.
     cfg_text = (out / "config.yaml").read_text().replace("lr: 0.003", "lr: 1.0e+30").replace("grad_clip: 2.0",
@@ -185,7 +166,7 @@ def test_corrupt_checkpoint_and_class_mismatch(tiny_store, tiny_run, tmp_path):
 def test_evaluate_and_predict_cli(tiny_store, tiny_run, tmp_path, capsys):
     assert qdm(["evaluate", "--model", str(tiny_run), "--data", str(tiny_store), "--out", str(tmp_path / "e")]) == 0
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
-    assert metrics["split"] == "test" and metrics["n"] == 3 * 16
+    assert metrics["split"] == "test" and metrics["n"] == 3 * 30
     assert 0.0 <= metrics["top1"] <= metrics["top5"] <= 1.0
     assert len(list((tmp_path / "e").glob("*.png"))) >= 8
     pixels = Store.open(tiny_store).array("star")[:5]
@@ -259,9 +240,8 @@ def test_lr_schedule_warms_up_then_decays():
     assert lrs[-1] == pytest.approx(0.01, abs=1e-3)
 
 
-def test_predict_ndjson_keeps_input_order(tiny_run, tmp_path, shared_data):
-    lines = (shared_data / "simplified" / "cat.ndjson").read_text().splitlines()[:3]
-    lines += (shared_data / "simplified" / "star.ndjson").read_text().splitlines()[:3]
+def test_predict_ndjson_keeps_input_order(tiny_run, tmp_path):
+    lines = stroke_lines("cat", 3) + stroke_lines("star", 3)[::-1]
     (tmp_path / "d.ndjson").write_text("\n".join(lines) + "\n")
     assert qdm(["predict", "--model", str(tiny_run), "--input", str(tmp_path / "d.ndjson"),
                 "--out", str(tmp_path / "p.jsonl"), "--top-k", "3"]) == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import make_store
 from PIL import Image
 
 from quickdraw_mobile.cli import main
@@ -15,12 +16,8 @@ CLASSES = ("apple", "cat", "fish")
 
 
 @pytest.fixture(scope="module")
-def store(shared_data, tmp_path_factory) -> Store:
-    st = Store.create(tmp_path_factory.mktemp("view") / "store")
-    for name in CLASSES:
-        path = shared_data / "numpy_bitmap" / f"{name}.npy"
-        st.add_class(name, np.load(path, mmap_mode="r")[:200], str(path))
-    return st
+def store(drawings, tmp_path_factory) -> Store:
+    return make_store(drawings, tmp_path_factory.mktemp("view") / "store", dict.fromkeys(CLASSES, 200))
 
 
 def test_png_written_with_sane_size(store, tmp_path):
@@ -51,9 +48,8 @@ def test_seed_picks_deterministically(store):
     assert not np.array_equal(mosaic(store, ["cat"], 6, seed=1), mosaic(store, ["cat"], 6, seed=2))
 
 
-def test_more_cells_than_drawings_leaves_blanks(shared_data, tmp_path):
-    small = Store.create(tmp_path / "small")
-    small.add_class("star", np.load(shared_data / "numpy_bitmap" / "star.npy", mmap_mode="r")[:3], "test")
+def test_more_cells_than_drawings_leaves_blanks(drawings, tmp_path):
+    small = make_store(drawings, tmp_path / "small", {"star": 3})
     image = mosaic(small, ["star"], 5, seed=0)
     for c in range(5):
         cell = image[2:30, 2 + c * 30 : 2 + c * 30 + 28]
