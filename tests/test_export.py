@@ -16,14 +16,10 @@ from torch import nn
 from quickdraw_mobile.cli import main as qdm
 from quickdraw_mobile.data.loader import normalize
 from quickdraw_mobile.data.render import RENDERER_VERSION
+from quickdraw_mobile.data.store import balanced_subset
 from quickdraw_mobile.errors import QDMError
 from quickdraw_mobile.export import load_artifact, normalize_pixels, read_metadata, sidecar_paths
-from quickdraw_mobile.export.calibration import (
-    balanced_subset,
-    calibration_set,
-    run_splits,
-    verification_set,
-)
+from quickdraw_mobile.export.calibration import calibration_set, run_splits, verification_set
 from quickdraw_mobile.export.executorch import to_pte
 from quickdraw_mobile.export.onnx import to_onnx
 from quickdraw_mobile.export.pipeline import export_model
@@ -175,10 +171,11 @@ def test_bundled_samples_are_used_without_data(tiny_run, tiny_store, tmp_path):
     assert "sample.npz" in meta["verification"]["source"]
 
 
-def test_balanced_subset_round_robins_over_classes():
+def test_balanced_subset_spreads_over_classes():
     labels = np.array([0] * 10 + [1] * 2 + [2] * 10)
     picks = balanced_subset(labels, 10, seed=0)
-    assert np.bincount(labels[picks]).tolist() == [4, 2, 4]
+    per_class = np.bincount(labels[picks]).tolist()
+    assert per_class[1] == 2 and min(per_class[0], per_class[2]) >= 3 and sum(per_class) == 10  # 1 gives all it has
     assert np.array_equal(picks, np.sort(picks)) and len(set(picks.tolist())) == 10
 
 

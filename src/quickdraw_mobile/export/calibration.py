@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.store import Split, Store, check_bitmap_array
+from ..data.store import Split, Store, balanced_subset, check_bitmap_array
 from ..errors import QDMError
 from ..modelref import resolve_run_dir
 from ..train import checkpoint as ckpt
@@ -46,16 +46,6 @@ def run_splits(run_dir: Path, data_dir: str | Path) -> dict[str, Split]:
     if splits["train"].classes != labels:
         raise QDMError(f"{data_dir}: class order differs from {run_dir / ckpt.LABELS}")
     return splits
-
-
-def balanced_subset(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """Sorted indices of ``min(n, len(labels))`` rows spread as evenly over the classes as their sizes allow."""
-    rng = np.random.default_rng([seed, n])
-    rank = np.empty(len(labels), dtype=np.int64)
-    for c in np.unique(labels):
-        rows = np.flatnonzero(labels == c)
-        rank[rows] = rng.permutation(len(rows))
-    return np.sort(np.lexsort((labels, rank))[:n])  # round-robin: every class's 1st pick, then 2nd, ...
 
 
 def load_drawings(path: Path, num_classes: int) -> Drawings:
@@ -98,12 +88,6 @@ def calibration_set(model_ref: str | Path, data_dir: str | Path | None = None, n
     keep = balanced_subset(drawings.labels, n, seed)
     return Drawings(drawings.pixels[keep], drawings.labels[keep],
                     f"{CALIBRATION_FILE} of {run_dir.name} (training split, {len(keep)} class-balanced drawings)")
-
-
-def calibration_pixels(model_ref: str | Path, data_dir: str | Path | None = None, n: int = 2048,
-                       seed: int = 0) -> np.ndarray:
-    """(n, 784) uint8: class-balanced rows of the run's training split, for static quantization."""
-    return calibration_set(model_ref, data_dir, n, seed).pixels
 
 
 def verification_set(model_ref: str | Path, data_dir: str | Path | None = None,
