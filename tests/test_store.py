@@ -246,3 +246,18 @@ def test_one_balanced_sampler_for_splits_and_label_arrays():
     assert np.array_equal(np.sort(by_class[balanced_picks(counts, 9, seed=4)]), rows)
     assert np.bincount(labels[shuffled][rows], minlength=4).tolist() == [3, 0, 3, 3]
     assert balanced_subset(labels, 100).tolist() == list(range(len(labels)))  # n past the end: every row, in order
+
+
+def test_model_splits_check_the_models_classes(tmp_path):
+    store = Store.create(tmp_path / "s")
+    for i, name in enumerate(("apple", "cat", "star")):
+        store.add_class(name, np.random.default_rng(i).integers(0, 256, (20, 784), dtype=np.uint8), "test")
+    splits = store.model_splits(SplitSpec(), ["apple", "star"], "use other data")
+    assert splits["train"].classes == ["apple", "star"] and splits["test"].nonempty("s") is splits["test"]
+    with pytest.raises(QDMError, match=r"lacks 1 of the model's classes \(e\.g\. 'fish'\); use other data"):
+        store.model_splits(SplitSpec(), ["apple", "fish"], "use other data")
+    with pytest.raises(QDMError, match="class order differs from the model's labels.txt"):
+        store.model_splits(SplitSpec(), ["star", "apple"], "use other data")
+    empty = store.model_splits(SplitSpec(test_fraction=0.0), ["cat"], "x")["test"]
+    with pytest.raises(QDMError, match="^s: the test split is empty$"):
+        empty.nonempty("s")

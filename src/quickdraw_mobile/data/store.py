@@ -173,6 +173,12 @@ class Split:
         labels = np.searchsorted(bounds, flat_index, side="right") - 1
         return pixels, labels
 
+    def nonempty(self, where: str | Path) -> Split:
+        """This split, or an error naming ``where`` (the store) if it has no rows."""
+        if len(self) == 0:
+            raise QDMError(f"{where}: the {self.name} split is empty")
+        return self
+
     def balanced_indices(self, n: int, seed: int = 0) -> np.ndarray:
         """``min(n, len(self))`` flat indices spread over the classes (``balanced_picks``): calibration sets and
         fixed evaluation samples."""
@@ -315,6 +321,17 @@ class Store:
         per_class = [split_class_rows(c, self.counts[c], spec) for c in names]
         arrays = [self.array(c) for c in names]
         return {s: Split(s, names, [p[s] for p in per_class], arrays) for s in SPLIT_NAMES}
+
+    def model_splits(self, spec: SplitSpec, labels: Sequence[str], fix: str) -> dict[str, Split]:
+        """The splits of exactly a model's classes (``labels``), in its order: a store that lacks one of them, or
+        orders them otherwise, is an error (``fix`` says what to do instead)."""
+        missing = [c for c in labels if c not in self.classes]
+        if missing:
+            raise QDMError(f"{self.root}: lacks {len(missing)} of the model's classes (e.g. {missing[0]!r}); {fix}")
+        splits = self.splits(spec, labels)
+        if splits["train"].classes != list(labels):
+            raise QDMError(f"{self.root}: class order differs from the model's labels.txt; {fix}")
+        return splits
 
     def describe(self, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0) -> str:
         spec = SplitSpec(val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)

@@ -36,16 +36,7 @@ def run_splits(run_dir: Path, data_dir: str | Path) -> dict[str, Split]:
     """The train / val / test splits of ``data_dir`` exactly as the run at ``run_dir`` made them."""
     cfg = load_config(run_dir / ckpt.CONFIG)
     labels = ckpt.read_labels(run_dir / ckpt.LABELS)
-    store = Store.open(data_dir)
-    missing = [c for c in labels if c not in store.classes]
-    if missing:
-        raise QDMError(f"{data_dir}: lacks {len(missing)} of the model's classes (e.g. {missing[0]!r}); "
-                       "use the data the model was trained on")
-    spec = cfg.split_spec()
-    splits = store.splits(spec, labels)
-    if splits["train"].classes != labels:
-        raise QDMError(f"{data_dir}: class order differs from {run_dir / ckpt.LABELS}")
-    return splits
+    return Store.open(data_dir).model_splits(cfg.split_spec(), labels, "use the data the model was trained on")
 
 
 def load_drawings(path: Path, num_classes: int) -> Drawings:
@@ -96,9 +87,7 @@ def verification_set(model_ref: str | Path, data_dir: str | Path | None = None,
     that many), or without data its bundled sample.npz."""
     run_dir = resolve_run_dir(model_ref)
     if data_dir is not None:
-        test = run_splits(run_dir, data_dir)["test"]
-        if len(test) == 0:
-            raise QDMError(f"{data_dir}: the test split is empty")
+        test = run_splits(run_dir, data_dir)["test"].nonempty(data_dir)
         if len(test) <= max_drawings:
             pixels, labels = test.materialize()
             return Drawings(pixels, labels, f"{data_dir} (test split, {len(pixels)} drawings)")
