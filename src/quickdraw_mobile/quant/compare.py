@@ -38,8 +38,7 @@ from ..export.calibration import calibration_set, run_splits, verification_set
 from ..export.selfcheck import check_finite
 from ..fileio import ensure_dir, os_error_reason, write_json_atomic, write_text_atomic
 from ..inference import logits_for_pixels
-from ..modelref import DEFAULT, load_model, resolve_run_dir
-from ..models.profile import count_macs, count_params
+from ..modelref import describe_model, load_model, resolve_run_dir
 from .artifact import save_pte
 from .finetune import TrainingData
 from .int4 import save_packed
@@ -92,9 +91,7 @@ def compare(model_ref: str | Path, methods: list[str], out: str | Path, data_dir
     check_finite(logits_for_pixels(loaded.model, calibration.pixels), f"{model_ref}: the model",
                  "calibration drawings")
     x_calib, y_calib = normalize(calibration.pixels), torch.from_numpy(calibration.labels)
-    model_info = {"name": loaded.config.model, "options": loaded.config.model_kwargs,
-                  "source": DEFAULT if str(model_ref) == DEFAULT else str(Path(model_ref).resolve()),
-                  "params": count_params(loaded.model), "macs": count_macs(loaded.model)}
+    model_info = describe_model(loaded)
     calib_info = {"drawings": len(calibration.pixels), "seed": seed, "source": calibration.source}
 
     # Artifacts are written and measured in a staging folder inside ``out`` and moved into ``out/artifacts``
