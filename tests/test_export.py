@@ -340,3 +340,28 @@ def test_export_cli_prints_delegation_and_verification(tiny_run, tiny_store, tmp
     assert "not delegated (portable kernels): none" in printed
     assert "top-1 agreement with eager" in printed and "(test split, 60 drawings)" in printed
     assert load_artifact(out).quant == "int8"
+
+
+def test_one_place_names_artifacts_and_writes_their_sidecars(tmp_path):
+    from quickdraw_mobile.artifact_names import export_file_name, is_artifact
+    from quickdraw_mobile.export.metadata import write_sidecars
+
+    assert export_file_name("run", "pte", "none") == "run_fp32.pte"
+    assert export_file_name("run", "onnx", "int8") == "run_int8.onnx"
+    assert is_artifact("m.onnx") and is_artifact(tmp_path / "m.pte") and not is_artifact("default")
+    artifact = tmp_path / "m.pte"
+    write_sidecars(artifact, {"classes": ["cat", "dog"]}, ["cat", "dog"])
+    meta_path, labels_path = sidecar_paths(artifact)
+    assert labels_path.read_text() == "cat\ndog\n" and json.loads(meta_path.read_text()) == {"classes": ["cat", "dog"]}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pte.labels.txt", "m.pte.metadata.json"]
+
+
+def test_describe_model_is_the_metadata_model_section():
+    from quickdraw_mobile.modelref import describe_model
+    from quickdraw_mobile.models import count_macs, count_params
+
+    loaded = load_model("default")
+    info = describe_model(loaded)
+    assert info == {"name": loaded.config.model, "options": loaded.config.model_kwargs, "source": "default",
+                    "params": count_params(loaded.model), "macs": count_macs(loaded.model)}
+    assert list(info) == ["name", "options", "source", "params", "macs"]  # the order metadata.json has
