@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import os
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from bench_serve import DEFAULT_SHARED, free_port, request_bodies, run_load, start_server
 
-from quickdraw_mobile.fileio import write_bytes_atomic, write_json_atomic
+from quickdraw_mobile.fileio import write_json_atomic
 
 
 def proc_status(pid: int) -> tuple[float, int]:
@@ -50,10 +49,10 @@ def growth_per_1000(rows: list[dict], warmup: int) -> float | None:
     return float(slope * 1000)
 
 
-def plot_png(rows: list[dict], warmup: int, growth: float | None, title: str) -> bytes:
-    from matplotlib.figure import Figure
+def write_plot(rows: list[dict], warmup: int, growth: float | None, title: str, out: Path) -> Path:
+    from quickdraw_mobile.figures import figure, save
 
-    fig = Figure(figsize=(8, 4.2))
+    fig = figure(figsize=(8, 4.2))
     ax = fig.subplots()
     requests = [r["requests"] for r in rows]
     ax.plot(requests, [r["rss_mb"] for r in rows], marker="o", color="#0072B2", label="server RSS")
@@ -72,9 +71,7 @@ def plot_png(rows: list[dict], warmup: int, growth: float | None, title: str) ->
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    return buffer.getvalue()
+    return save(fig, out, dpi=110)
 
 
 OPTIONS = [  # flag, type, default, help
@@ -161,7 +158,7 @@ def main() -> None:
                                           "clients": args.clients, "every": args.every, "pause_s": args.pause,
                                           "warmup_rounds": args.warmup, "growth_mb_per_1000": growth,
                                           "rounds": rows})
-    write_bytes_atomic(out / "soak.png", plot_png(rows, args.warmup, growth, title))
+    write_plot(rows, args.warmup, growth, title, out / "soak.png")
     print(f"wrote {out}/soak.json, soak.png")
     if errors or (args.limit is not None and growth is not None and growth > args.limit):
         sys.exit(1)

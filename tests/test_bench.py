@@ -72,6 +72,33 @@ def test_bench_cli_on_files(tiny_run, tiny_store, tmp_path, capsys):
         run_bench([pte], out, batch=64, memory=False)
 
 
+def _bench_result() -> dict:
+    """A two-thread result of two runtimes, shaped like run_bench's, with made-up numbers."""
+    def row(name: str, size: int, p50: float) -> dict:
+        return {"name": name, "size_bytes": size, "macs": 1_000_000,
+                "latency": {t: {"p50_ms": p50 / int(t), "p95_ms": 2 * p50 / int(t), "runs": 5} for t in ("1", "2")},
+                "throughput": {t: {"images_per_s": 100.0 * int(t)} for t in ("1", "2")},
+                "gmacs": {"1": 1.0, "2": 2.0}}
+
+    return {"machine": {"cpu": "test cpu", "cores": 2, "peak_fp32_gmacs": {"1": 10.0, "2": 19.0}, "torch": "t",
+                        "executorch": "e", "onnxruntime": "o"},
+            "settings": {"threads": [1, 2], "runs": 5, "warmup": 1, "batch": 4},
+            "results": [row("ExecuTorch FP32", 3_200_000, 0.4), row("ExecuTorch INT8", 900_000, 0.2)]}
+
+
+def test_report_plot_leaves_the_matplotlib_backend_alone(tmp_path):
+    import matplotlib
+
+    from quickdraw_mobile.bench.report import write_report
+
+    backend = dict.__getitem__(matplotlib.rcParams, "backend")  # unresolved: reading it must not pick one
+    paths = write_report(_bench_result(), tmp_path)
+    assert dict.__getitem__(matplotlib.rcParams, "backend") == backend  # Agg per figure, not matplotlib.use
+    assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| ExecuTorch INT8 | 900.0 |" in paths["markdown"].read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json", "bench.md", "bench.png"]  # no temp left
+
+
 def test_timing_helpers_count_and_order():
     calls = []
     times = time_calls(lambda x: calls.append(x), np.zeros(1), runs=7, warmup=3)

@@ -16,14 +16,10 @@ from torch import nn
 from quickdraw_mobile.cli import main as qdm
 from quickdraw_mobile.data.loader import normalize
 from quickdraw_mobile.data.render import RENDERER_VERSION
+from quickdraw_mobile.data.store import balanced_subset
 from quickdraw_mobile.errors import QDMError
 from quickdraw_mobile.export import load_artifact, normalize_pixels, read_metadata, sidecar_paths
-from quickdraw_mobile.export.calibration import (
-    balanced_subset,
-    calibration_set,
-    run_splits,
-    verification_set,
-)
+from quickdraw_mobile.export.calibration import calibration_set, run_splits, verification_set
 from quickdraw_mobile.export.executorch import to_pte
 from quickdraw_mobile.export.onnx import to_onnx
 from quickdraw_mobile.export.pipeline import export_model
@@ -175,10 +171,11 @@ def test_bundled_samples_are_used_without_data(tiny_run, tiny_store, tmp_path):
     assert "sample.npz" in meta["verification"]["source"]
 
 
-def test_balanced_subset_round_robins_over_classes():
+def test_balanced_subset_spreads_over_classes():
     labels = np.array([0] * 10 + [1] * 2 + [2] * 10)
     picks = balanced_subset(labels, 10, seed=0)
-    assert np.bincount(labels[picks]).tolist() == [4, 2, 4]
+    per_class = np.bincount(labels[picks]).tolist()
+    assert per_class[1] == 2 and min(per_class[0], per_class[2]) >= 3 and sum(per_class) == 10  # 1 gives all it has
     assert np.array_equal(picks, np.sort(picks)) and len(set(picks.tolist())) == 10
 
 
@@ -343,3 +340,28 @@ def test_export_cli_prints_delegation_and_verification(tiny_run, tiny_store, tmp
     assert "not delegated (portable kernels): none" in printed
     assert "top-1 agreement with eager" in printed and "(test split, 90 drawings)" in printed
     assert load_artifact(out).quant == "int8"
+
+
+def test_one_place_names_artifacts_and_writes_their_sidecars(tmp_path):
+    from quickdraw_mobile.artifact_names import export_file_name, is_artifact
+    from quickdraw_mobile.export.metadata import write_sidecars
+
+    assert export_file_name("run", "pte", "none") == "run_fp32.pte"
+    assert export_file_name("run", "onnx", "int8") == "run_int8.onnx"
+    assert is_artifact("m.onnx") and is_artifact(tmp_path / "m.pte") and not is_artifact("default")
+    artifact = tmp_path / "m.pte"
+    write_sidecars(artifact, {"classes": ["cat", "dog"]}, ["cat", "dog"])
+    meta_path, labels_path = sidecar_paths(artifact)
+    assert labels_path.read_text() == "cat\ndog\n" and json.loads(meta_path.read_text()) == {"classes": ["cat", "dog"]}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pte.labels.txt", "m.pte.metadata.json"]
+
+
+def test_describe_model_is_the_metadata_model_section():
+    from quickdraw_mobile.modelref import describe_model
+    from quickdraw_mobile.models import count_macs, count_params
+
+    loaded = load_model("default")
+    info = describe_model(loaded)
+    assert info == {"name": loaded.config.model, "options": loaded.config.model_kwargs, "source": "default",
+                    "params": count_params(loaded.model), "macs": count_macs(loaded.model)}
+    assert list(info) == ["name", "options", "source", "params", "macs"]  # the order metadata.json has

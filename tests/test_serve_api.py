@@ -150,6 +150,7 @@ def test_info_endpoints(client, served_model):
     assert client.get("/classes").json() == {"classes": served_model.labels}
     info = client.get("/model").json()
     assert info["classes"] == len(served_model.labels) and info["params"] > 0
+    assert info["macs"] > info["params"] and "source" not in info  # facts of modelref.describe_model, no paths
     assert info["limits"]["strokes"] == MAX_STROKES
     assert "/predict" in client.get("/openapi.json").json()["paths"]
     page = client.get("/")

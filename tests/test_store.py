@@ -8,7 +8,15 @@ import shutil
 import numpy as np
 import pytest
 
-from quickdraw_mobile.data.store import MANIFEST, SplitSpec, Store, class_row_order
+from quickdraw_mobile.data.store import (
+    MANIFEST,
+    Split,
+    SplitSpec,
+    Store,
+    balanced_picks,
+    balanced_subset,
+    class_row_order,
+)
 from quickdraw_mobile.errors import QDMError
 
 # Odd counts, so rounding of the exact per-class fractions is exercised. A class name with spaces belongs in the
@@ -223,3 +231,35 @@ def test_balanced_indices_spread_over_classes(tmp_path, drawings):
     assert np.bincount(labels).tolist() == [32, 34, 34]  # apple has only 32 training rows; the others make up
     assert np.array_equal(picks, train.balanced_indices(100, seed=1))
     assert not np.array_equal(picks, train.balanced_indices(100, seed=2))
+
+
+def test_one_balanced_sampler_for_splits_and_label_arrays():
+    # Pinned: calibration sets (and so INT8 artifacts) are made of these picks; a change here changes exports.
+    assert balanced_picks([5, 1, 5, 5], 7, seed=0).tolist() == [0, 3, 4, 5, 8, 9, 14]
+    counts = [7, 0, 3, 12]
+    split = Split("train", ["a", "b", "c", "d"], [np.arange(c) for c in counts], arrays=[])
+    assert np.array_equal(split.balanced_indices(9, seed=4), balanced_picks(counts, 9, seed=4))
+    # A label array in any row order gets the same picks within each class as the class-by-class layout.
+    labels = np.repeat(np.arange(4), counts)
+    shuffled = np.random.default_rng(0).permutation(len(labels))
+    rows = balanced_subset(labels[shuffled], 9, seed=4)
+    assert np.array_equal(rows, np.sort(rows)) and len(set(rows.tolist())) == 9
+    by_class = np.argsort(labels[shuffled], kind="stable")
+    assert np.array_equal(np.sort(by_class[balanced_picks(counts, 9, seed=4)]), rows)
+    assert np.bincount(labels[shuffled][rows], minlength=4).tolist() == [3, 0, 3, 3]
+    assert balanced_subset(labels, 100).tolist() == list(range(len(labels)))  # n past the end: every row, in order
+
+
+def test_model_splits_check_the_models_classes(tmp_path):
+    store = Store.create(tmp_path / "s")
+    for i, name in enumerate(("apple", "cat", "star")):
+        store.add_class(name, np.random.default_rng(i).integers(0, 256, (20, 784), dtype=np.uint8), "test")
+    splits = store.model_splits(SplitSpec(), ["apple", "star"], "use other data")
+    assert splits["train"].classes == ["apple", "star"] and splits["test"].nonempty("s") is splits["test"]
+    with pytest.raises(QDMError, match=r"lacks 1 of the model's classes \(e\.g\. 'fish'\); use other data"):
+        store.model_splits(SplitSpec(), ["apple", "fish"], "use other data")
+    with pytest.raises(QDMError, match="class order differs from the model's labels.txt"):
+        store.model_splits(SplitSpec(), ["star", "apple"], "use other data")
+    empty = store.model_splits(SplitSpec(test_fraction=0.0), ["cat"], "x")["test"]
+    with pytest.raises(QDMError, match="^s: the test split is empty$"):
+        empty.nonempty("s")

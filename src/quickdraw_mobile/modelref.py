@@ -12,13 +12,14 @@ from pathlib import Path
 
 import torch
 
+from .artifact_names import is_artifact
 from .errors import QDMError
 from .models import create_model
+from .models.profile import describe
 from .train import checkpoint as ckpt
 from .train.config import TrainConfig, load_config
 
 DEFAULT = "default"
-ARTIFACT_SUFFIXES = (".pte", ".onnx")
 
 
 @dataclass
@@ -31,11 +32,6 @@ class LoadedModel:
 
 def default_model_dir() -> Path:
     return Path(str(resources.files("quickdraw_mobile").joinpath("pretrained", "default")))
-
-
-def is_artifact(ref: str | Path) -> bool:
-    """True for an exported model file (.pte or .onnx), which runs in its own runtime, not in PyTorch."""
-    return Path(str(ref)).suffix in ARTIFACT_SUFFIXES
 
 
 def resolve_run_dir(ref: str | Path) -> Path:
@@ -69,3 +65,12 @@ def load_model(ref: str | Path) -> LoadedModel:
         raise QDMError(f"{run / ckpt.WEIGHTS}: does not match model {config.model!r} with {len(labels)} "
                        f"classes ({first})") from exc
     return LoadedModel(model.eval(), labels, config, run)
+
+
+def describe_model(loaded: LoadedModel) -> dict:
+    """What artifact metadata, reports and ``GET /model`` say about a loaded model: its architecture and options,
+    where it came from (``default`` or the run folder's absolute path), parameters and MACs of one drawing."""
+    source = DEFAULT if loaded.source == default_model_dir() else str(loaded.source.resolve())
+    counted = describe(loaded.model)
+    return {"name": loaded.config.model, "options": loaded.config.model_kwargs, "source": source,
+            "params": counted["params"], "macs": counted["macs"]}

@@ -34,9 +34,9 @@ def measure(ref: str, batch: int, runs: int) -> dict:
     """In this process: import the runtime, load ``ref``, run it ``runs`` times on a batch; memory figures."""
     import numpy as np
 
-    from ..export.metadata import RUNTIMES  # not modelref: that would import torch into an ONNX process
+    from ..artifact_names import is_artifact  # not modelref: that would import torch into an ONNX process
 
-    if Path(ref).suffix in RUNTIMES:
+    if is_artifact(ref):
         if ref.endswith(".pte"):
             import executorch.runtime  # noqa: F401  (the runtime's own import cost belongs to the baseline)
         else:

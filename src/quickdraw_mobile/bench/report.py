@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
-from ..fileio import write_bytes_atomic, write_json_atomic, write_text_atomic
+from ..fileio import write_json_atomic, write_text_atomic
 
 
 def _threads(result: dict) -> list[str]:
@@ -54,18 +53,17 @@ def markdown_table(result: dict) -> str:
     return "\n".join(["# Benchmark", "", *lines, "", *notes]) + "\n"
 
 
-def plot_png(result: dict) -> bytes:
-    """Single-image latency p50 with p95 whiskers per runtime and thread count, and size on disk."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def write_plot(result: dict, out: str | Path) -> Path:
+    """Single-image latency p50 with p95 whiskers per runtime and thread count, and size on disk, as PNG ``out``."""
     import numpy as np
+
+    from ..figures import figure, save  # matplotlib only when a plot is drawn
 
     rows, threads = result["results"], _threads(result)
     names = [r["name"] for r in rows]
     y = np.arange(len(rows))
-    fig, (ax_lat, ax_size) = plt.subplots(1, 2, figsize=(12, 1.2 + 0.6 * len(rows)), sharey=True)
+    fig = figure(figsize=(12, 1.2 + 0.6 * len(rows)))
+    ax_lat, ax_size = fig.subplots(1, 2, sharey=True)
     height = 0.8 / len(threads)
     for i, t in enumerate(threads):
         p50 = np.array([r["latency"][t]["p50_ms"] for r in rows])
@@ -84,10 +82,7 @@ def plot_png(result: dict) -> bytes:
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle(summary_lines(result)[1], fontsize=10)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    return buffer.getvalue()
+    return save(fig, out, dpi=120)
 
 
 def write_report(result: dict, out: str | Path) -> dict[str, Path]:
@@ -95,5 +90,5 @@ def write_report(result: dict, out: str | Path) -> dict[str, Path]:
     paths = {"json": out / "bench.json", "markdown": out / "bench.md", "plot": out / "bench.png"}
     write_json_atomic(paths["json"], result)
     write_text_atomic(paths["markdown"], markdown_table(result))
-    write_bytes_atomic(paths["plot"], plot_png(result))
+    write_plot(result, paths["plot"])
     return paths

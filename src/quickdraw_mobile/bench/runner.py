@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..artifact_names import export_file_name
 from ..errors import QDMError
 from ..export.selfcheck import check_finite
 from ..modelref import DEFAULT, is_artifact, load_model, resolve_run_dir
@@ -90,7 +91,7 @@ def export_subjects(model_ref: str, out: Path, data_dir: str | Path | None, cali
     stem = "default" if str(model_ref) == DEFAULT else Path(model_ref).resolve().name
     paths = []
     for fmt, quant in tqdm(EXPORTS, desc="export", unit="artifact"):
-        path = out / f"{stem}_{'int8' if quant == 'int8' else 'fp32'}.{fmt}"
+        path = out / export_file_name(stem, fmt, quant)
         export_model(model_ref, fmt, quant, path, data_dir=data_dir, calib=calib)
         paths.append(str(path))
     return paths

@@ -101,6 +101,37 @@ def split_class_rows(name: str, count: int, spec: SplitSpec) -> dict[str, np.nda
     return {k: np.sort(v).astype(np.int32) for k, v in parts.items()}  # int32: 4 bytes a drawing at 50M
 
 
+def balanced_picks(counts: Sequence[int], n: int, seed: int = 0) -> np.ndarray:
+    """``min(n, sum(counts))`` distinct indices, sorted, into rows grouped class by class (``counts[c]`` rows of
+    class c), spread as evenly over the classes as their sizes allow, seeded by ``(seed, n)``.
+
+    The one class-balanced sampler (calibration sets, verification samples): a class with fewer rows than its share
+    gives all it has and the others make up the difference; the first classes take the remainder.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    quota = np.zeros_like(counts)
+    remaining = min(n, int(counts.sum()))
+    while remaining > 0:  # water-filling: equal shares, capped by what each class has
+        open_classes = np.nonzero(quota < counts)[0]
+        share, extra = divmod(remaining, len(open_classes))
+        for rank, c in enumerate(open_classes):
+            take = min(share + (rank < extra), counts[c] - quota[c])
+            quota[c] += take
+            remaining -= take
+    rng = np.random.default_rng([seed, n])
+    bounds = np.cumsum([0, *counts])
+    picks = [bounds[c] + np.sort(rng.permutation(count)[: quota[c]]) for c, count in enumerate(counts)]
+    return np.concatenate([np.zeros(0, dtype=np.int64), *picks]).astype(np.int64)
+
+
+def balanced_subset(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Sorted row indices of ``min(n, len(labels))`` rows of a label array (class indices), picked by
+    ``balanced_picks`` among the rows of each class in row order."""
+    labels = np.asarray(labels, dtype=np.int64)
+    by_class = np.argsort(labels, kind="stable")  # rows grouped class by class, in row order within a class
+    return np.sort(by_class[balanced_picks(np.bincount(labels), n, seed)])
+
+
 @dataclass
 class Split:
     """One split of a store: per class (in label order) the row indices into that class's array."""
@@ -142,26 +173,16 @@ class Split:
         labels = np.searchsorted(bounds, flat_index, side="right") - 1
         return pixels, labels
 
-    def balanced_indices(self, n: int, seed: int = 0) -> np.ndarray:
-        """``n`` distinct flat indices spread as evenly over the classes as their sizes allow, seeded.
+    def nonempty(self, where: str | Path) -> Split:
+        """This split, or an error naming ``where`` (the store) if it has no rows."""
+        if len(self) == 0:
+            raise QDMError(f"{where}: the {self.name} split is empty")
+        return self
 
-        A class with fewer rows than its share gives all it has and the others make up the difference, so the
-        result has ``min(n, len(self))`` indices. Used for calibration sets and fixed evaluation samples.
-        """
-        counts = np.array(self.counts)
-        quota = np.zeros_like(counts)
-        remaining = min(n, int(counts.sum()))
-        while remaining > 0:  # water-filling: equal shares, capped by what each class has
-            open_classes = np.nonzero(quota < counts)[0]
-            share, extra = divmod(remaining, len(open_classes))
-            for rank, c in enumerate(open_classes):
-                take = min(share + (rank < extra), counts[c] - quota[c])
-                quota[c] += take
-                remaining -= take
-        rng = np.random.default_rng([seed, n])
-        bounds = np.cumsum([0, *self.counts])
-        picks = [bounds[c] + np.sort(rng.permutation(count)[: quota[c]]) for c, count in enumerate(self.counts)]
-        return np.concatenate(picks).astype(np.int64)
+    def balanced_indices(self, n: int, seed: int = 0) -> np.ndarray:
+        """``min(n, len(self))`` flat indices spread over the classes (``balanced_picks``): calibration sets and
+        fixed evaluation samples."""
+        return balanced_picks(self.counts, n, seed)
 
     def materialize(self) -> tuple[np.ndarray, np.ndarray]:
         """All pixels and labels of the split in memory (for small splits: evaluation, calibration)."""
@@ -300,6 +321,17 @@ class Store:
         per_class = [split_class_rows(c, self.counts[c], spec) for c in names]
         arrays = [self.array(c) for c in names]
         return {s: Split(s, names, [p[s] for p in per_class], arrays) for s in SPLIT_NAMES}
+
+    def model_splits(self, spec: SplitSpec, labels: Sequence[str], fix: str) -> dict[str, Split]:
+        """The splits of exactly a model's classes (``labels``), in its order: a store that lacks one of them, or
+        orders them otherwise, is an error (``fix`` says what to do instead)."""
+        missing = [c for c in labels if c not in self.classes]
+        if missing:
+            raise QDMError(f"{self.root}: lacks {len(missing)} of the model's classes (e.g. {missing[0]!r}); {fix}")
+        splits = self.splits(spec, labels)
+        if splits["train"].classes != list(labels):
+            raise QDMError(f"{self.root}: class order differs from the model's labels.txt; {fix}")
+        return splits
 
     def describe(self, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0) -> str:
         spec = SplitSpec(val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import QDMError
-from ..fileio import atomic_path
 from .store import Store, class_row_order
 
 DEFAULT_MAX_CLASSES = 16
@@ -40,8 +39,7 @@ def mosaic(store: Store, classes: list[str], n: int, seed: int) -> np.ndarray:
 
 def view_grid(store: Store, classes: list[str] | None, n: int, out: Path, seed: int = 0) -> Path:
     """Draw ``n`` drawings of each class (default: the store's first 16 classes) into the PNG ``out``."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure  # the object API: no pyplot global state, no GUI backend
+    from ..figures import figure, save  # matplotlib only when a grid is drawn
 
     if not 1 <= n <= MAX_PER_ROW:
         raise QDMError(f"--n: expected 1..{MAX_PER_ROW} drawings per class, got {n}")
@@ -52,8 +50,7 @@ def view_grid(store: Store, classes: list[str] | None, n: int, out: Path, seed: 
 
     label_inches = 0.08 * max(len(name) for name in names) + 0.3
     width, height = image.shape[1] * SCALE / DPI, image.shape[0] * SCALE / DPI
-    fig = Figure(figsize=(width + label_inches, height + 0.45), dpi=DPI)
-    FigureCanvasAgg(fig)
+    fig = figure(figsize=(width + label_inches, height + 0.45), dpi=DPI)
     ax = fig.add_axes((label_inches / (width + label_inches), 0.05 / (height + 0.45),
                        width / (width + label_inches), height / (height + 0.45)))
     ax.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
@@ -65,7 +62,4 @@ def view_grid(store: Store, classes: list[str] | None, n: int, out: Path, seed: 
         spine.set_visible(False)
     ax.set_title(f"{store.root.name}: {len(names)} classes, {n} drawings each (seed {seed})", fontsize=9)
 
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI, facecolor="white")
-    return out
+    return save(fig, out, dpi=DPI, facecolor="white")

@@ -1,7 +1,7 @@
 """Evaluation plots: each function draws one PNG from the dict of ``compute_metrics`` (or a loaded metrics.json).
 
-Figures are built with ``matplotlib.figure.Figure`` rather than pyplot: no global figure registry to leak, no
-GUI backend, PNGs rendered by Agg. Every file is written to a temporary name and renamed (``atomic_path``).
+Figures come from ``figures.figure`` (the object API on an Agg canvas, no pyplot) and are written by
+``figures.save`` (to a temporary name, then renamed).
 Colours are the Okabe-Ito palette, which stays distinguishable with the common colour-vision deficiencies;
 accuracy axes start at 0 (bars) or say where they start, so no plot exaggerates a difference.
 """
@@ -16,13 +16,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 from tqdm import tqdm
 
 from ..errors import QDMError
-from ..fileio import atomic_path
+from ..figures import figure, save
 
 DPI = 110
 BLUE, SKY, ORANGE, VERMILLION, GREEN, GREY = "#0072B2", "#56B4E9", "#E69F00", "#D55E00", "#009E73", "#7F7F7F"
@@ -46,13 +45,6 @@ def _tier_legend(ax, accuracy: np.ndarray, **where) -> None:
 
 def _short(name: str, width: int = 28) -> str:
     return name if len(name) <= width else name[: width - 1] + "…"
-
-
-def _save(fig: Figure, out: str | os.PathLike) -> Path:
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI)  # format given: the temporary name does not end in .png
-    return out
 
 
 def _class_table(metrics: dict) -> dict[str, np.ndarray]:
@@ -187,7 +179,7 @@ def plot_per_class_accuracy(metrics: dict, out: str | os.PathLike, max_bars: int
         title = f"Per-class accuracy: the {half} highest and {half} lowest of {num_classes} classes"
     # One slot per bar, plus an empty slot marking where the hidden middle of the ranking was cut out.
     slots = len(shown) + (1 if hidden else 0)
-    fig = Figure(figsize=(8.5, 1.6 + 0.2 * slots), layout="constrained")
+    fig = figure(figsize=(8.5, 1.6 + 0.2 * slots), layout="constrained")
     ax = fig.add_subplot()
     y = np.arange(slots)[::-1].astype(float)
     if hidden:
@@ -206,17 +198,17 @@ def plot_per_class_accuracy(metrics: dict, out: str | os.PathLike, max_bars: int
     ax.set_ylim(-0.7, slots + 0.4)
     _accuracy_x_axis(ax, 1.08, 11, "accuracy (share of the class's drawings classified correctly)", title, 11)
     _tier_legend(ax, accuracy, loc="lower right")
-    return _save(fig, out)
+    return save(fig, out, dpi=DPI)
 
 
 def plot_accuracy_histogram(metrics: dict, out: str | os.PathLike) -> Path:
     """How many classes reach each level of accuracy."""
     table = _class_table(metrics)
-    fig = Figure(figsize=(8, 4.8), layout="constrained")
+    fig = figure(figsize=(8, 4.8), layout="constrained")
     ax = fig.add_subplot()
     _draw_histogram(ax, table["accuracy"], _headline(metrics, "top1"))
     ax.set_title(f"Distribution of per-class accuracy over {len(table['accuracy'])} classes", fontsize=11)
-    return _save(fig, out)
+    return save(fig, out, dpi=DPI)
 
 
 def plot_summary_dashboard(metrics: dict, out: str | os.PathLike, n: int = 10) -> Path:
@@ -227,7 +219,7 @@ def plot_summary_dashboard(metrics: dict, out: str | os.PathLike, n: int = 10) -
     order = _ascending(accuracy)
     n = max(1, min(n, len(order) // 2 or 1))
 
-    fig = Figure(figsize=(13, 8.5), layout="constrained")
+    fig = figure(figsize=(13, 8.5), layout="constrained")
     grid = fig.add_gridspec(3, 2, height_ratios=[0.55, 1, 1], width_ratios=[1.25, 1])
     head = fig.add_subplot(grid[0, :])
     head.axis("off")
@@ -255,7 +247,7 @@ def plot_summary_dashboard(metrics: dict, out: str | os.PathLike, n: int = 10) -
                f"Best {n} classes" + _tie_note(accuracy, best))
     _draw_bars(fig.add_subplot(grid[2, 1]), names[worst], accuracy[worst],
                f"Worst {n} classes, worst first" + _tie_note(accuracy, worst))
-    return _save(fig, out)
+    return save(fig, out, dpi=DPI)
 
 
 def plot_precision_recall_scatter(metrics: dict, out: str | os.PathLike, annotate: int = 6) -> Path:
@@ -263,7 +255,7 @@ def plot_precision_recall_scatter(metrics: dict, out: str | os.PathLike, annotat
     table = _class_table(metrics)
     recall, precision, f1, names = table["recall"], table["precision"], table["f1"], table["names"]
     worst = _ascending(f1)[: min(annotate, len(f1))]
-    fig = Figure(figsize=(7.5, 7), layout="constrained")
+    fig = figure(figsize=(7.5, 7), layout="constrained")
     ax = fig.add_subplot()
     low, high = _unit_limits(recall, precision)
     ax.plot([low, high], [low, high], color=GREY, linestyle=":", linewidth=1, label="precision = recall")
@@ -275,7 +267,7 @@ def plot_precision_recall_scatter(metrics: dict, out: str | os.PathLike, annotat
     _square_unit_axes(ax, (low, high), "recall (= per-class accuracy)",
                       "precision (share of predictions of the class that are right)", "Precision vs recall per class")
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=3)
-    return _save(fig, out)
+    return save(fig, out, dpi=DPI)
 
 
 def plot_f1_vs_accuracy(metrics: dict, out: str | os.PathLike, annotate: int = 6) -> Path:
@@ -285,7 +277,7 @@ def plot_f1_vs_accuracy(metrics: dict, out: str | os.PathLike, annotate: int = 6
     gap = np.abs(accuracy - f1)
     farthest = _descending(gap)[: min(annotate, len(gap))]
     farthest = farthest[gap[farthest] > 0]
-    fig = Figure(figsize=(7.5, 7), layout="constrained")
+    fig = figure(figsize=(7.5, 7), layout="constrained")
     ax = fig.add_subplot()
     low, high = _unit_limits(accuracy, f1)
     ax.plot([low, high], [low, high], color=GREY, linestyle=":", linewidth=1, label="F1 = accuracy")
@@ -296,7 +288,7 @@ def plot_f1_vs_accuracy(metrics: dict, out: str | os.PathLike, annotate: int = 6
     ax.text(0.98, 0.03, "below the diagonal: precision < recall\n(other classes are often predicted as it)",
             transform=ax.transAxes, ha="right", va="bottom", fontsize=8, color=GREY)
     _tier_legend(ax, accuracy, loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=4)
-    return _save(fig, out)
+    return save(fig, out, dpi=DPI)
 
 
 def plot_top_bottom(metrics: dict, out: str | os.PathLike, n: int = 10) -> Path:
@@ -308,14 +300,14 @@ def plot_top_bottom(metrics: dict, out: str | os.PathLike, n: int = 10) -> Path:
     accuracy, names = table["accuracy"], table["names"]
     order = _ascending(accuracy)
     n = max(1, min(n, len(order) // 2 or 1))
-    fig = Figure(figsize=(12, 1.4 + 0.32 * n), layout="constrained")
+    fig = figure(figsize=(12, 1.4 + 0.32 * n), layout="constrained")
     left, right = fig.subplots(1, 2)
     best, worst = _descending(accuracy)[:n], order[:n]
     _draw_bars(left, names[best], accuracy[best], f"Top {n} classes" + _tie_note(accuracy, best), fontsize=9)
     _draw_bars(right, names[worst], accuracy[worst],
                f"Bottom {n} classes, worst first" + _tie_note(accuracy, worst), fontsize=9)
     fig.suptitle(f"Best and worst classes by accuracy (of {len(order)})", fontsize=12)
-    return _save(fig, out)
+    return save(fig, out, dpi=DPI)
 
 
 def plot_worst_confusion(metrics: dict, out: str | os.PathLike, n: int = 20) -> Path:
@@ -336,7 +328,7 @@ def plot_worst_confusion(metrics: dict, out: str | os.PathLike, n: int = 20) -> 
     block = np.column_stack([shares[:, worst], shares.sum(axis=1) - shares[:, worst].sum(axis=1)])
     labels = [_short(name, 22) for name in table["names"][worst]]
     size = len(worst)
-    fig = Figure(figsize=(3.2 + 0.48 * (size + 1), 2.6 + 0.42 * size), layout="constrained")
+    fig = figure(figsize=(3.2 + 0.48 * (size + 1), 2.6 + 0.42 * size), layout="constrained")
     ax = fig.add_subplot()
     image = ax.imshow(block, cmap="Blues", vmin=0, vmax=1, aspect="auto")
     fontsize = 8 if size <= 12 else 6.5
@@ -356,7 +348,7 @@ def plot_worst_confusion(metrics: dict, out: str | os.PathLike, n: int = 20) -> 
     ax.set_title(f"Confusion among the {size} least accurate classes (% of each true class; blank < 0.5%)",
                  fontsize=11)
     fig.colorbar(image, ax=ax, format=PERCENT, shrink=0.6, label="share of the true class's drawings")
-    return _save(fig, out)
+    return save(fig, out, dpi=DPI)
 
 
 def plot_confident_mistakes(images, metrics: dict, out: str | os.PathLike, n: int = 24) -> Path:
@@ -376,7 +368,7 @@ def plot_confident_mistakes(images, metrics: dict, out: str | os.PathLike, n: in
                        "(pass the images in the same order as the logits)")
     cols = min(6, max(1, len(shown)))
     rows = max(1, math.ceil(len(shown) / cols))
-    fig = Figure(figsize=(max(8.0, 2.1 * cols), 0.6 + 2.45 * rows), layout="constrained")
+    fig = figure(figsize=(max(8.0, 2.1 * cols), 0.6 + 2.45 * rows), layout="constrained")
     errors = _error_count(metrics)
     of = f" of {errors:,} errors" if errors is not None else ""
     fig.suptitle(f"Most confident mistakes ({len(shown)}{of}): true → predicted (softmax probability)",
@@ -394,7 +386,7 @@ def plot_confident_mistakes(images, metrics: dict, out: str | os.PathLike, n: in
             spine.set_color("#BBBBBB")
         caption = f"{mistake['true']} → {mistake['predicted']} ({float(mistake['prob']):.3f})"
         ax.set_title("\n".join(textwrap.wrap(caption, 26)[:3]), fontsize=7.5)
-    return _save(fig, out)
+    return save(fig, out, dpi=DPI)
 
 
 def _error_count(metrics: dict) -> int | None:
@@ -448,7 +440,7 @@ def plot_training_curves(rows_or_csv, out: str | os.PathLike) -> Path:
     style = {"train": {"color": BLUE, "linestyle": "-"}, "val": {"color": VERMILLION, "linestyle": "--"},
              "lr": {"color": GREEN, "linestyle": "-"}}
     marker = "o" if len(rows) <= 40 else None
-    fig = Figure(figsize=(5 * len(panels), 4.2), layout="constrained")
+    fig = figure(figsize=(5 * len(panels), 4.2), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     best_epoch = None
     if has["val_acc"]:
@@ -473,7 +465,7 @@ def plot_training_curves(rows_or_csv, out: str | os.PathLike) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"Training curves ({len(rows)} epochs)", fontsize=12)
-    return _save(fig, out)
+    return save(fig, out, dpi=DPI)
 
 
 # ------------------------------------------------------------------------------------------------- all

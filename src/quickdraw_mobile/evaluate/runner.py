@@ -23,17 +23,9 @@ def evaluate(model_ref: str | Path, data_dir: str | Path, out: str | Path, split
         raise QDMError(f"--split: expected test, val or train, got {split!r}")
     loaded = load_model(model_ref)
     cfg = loaded.config
-    store = Store.open(data_dir)
-    missing = [c for c in loaded.labels if c not in store.classes]
-    if missing:
-        raise QDMError(f"{data_dir}: lacks {len(missing)} of the model's classes (e.g. {missing[0]!r}); "
-                       "evaluate on data with the same classes")
     spec = cfg.split_spec()
-    data = store.splits(spec, loaded.labels)[split]
-    if data.classes != loaded.labels:
-        raise QDMError(f"{data_dir}: class order differs from the model's labels.txt")
-    if len(data) == 0:
-        raise QDMError(f"{data_dir}: the {split} split is empty")
+    splits = Store.open(data_dir).model_splits(spec, loaded.labels, "evaluate on data with the same classes")
+    data = splits[split].nonempty(data_dir)
     logits, labels = logits_for_split(loaded.model, data, batch_size)
     metrics = compute_metrics(logits, labels, loaded.labels)
     metrics.update({"split": split, "model": str(model_ref), "data": str(data_dir), "split_spec": vars(spec)})

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.store import Split, Store, check_bitmap_array
+from ..data.store import Split, Store, balanced_subset, check_bitmap_array
 from ..errors import QDMError
 from ..modelref import resolve_run_dir
 from ..options import CALIBRATION_SIZE
@@ -37,26 +37,7 @@ def run_splits(run_dir: Path, data_dir: str | Path) -> dict[str, Split]:
     """The train / val / test splits of ``data_dir`` exactly as the run at ``run_dir`` made them."""
     cfg = load_config(run_dir / ckpt.CONFIG)
     labels = ckpt.read_labels(run_dir / ckpt.LABELS)
-    store = Store.open(data_dir)
-    missing = [c for c in labels if c not in store.classes]
-    if missing:
-        raise QDMError(f"{data_dir}: lacks {len(missing)} of the model's classes (e.g. {missing[0]!r}); "
-                       "use the data the model was trained on")
-    spec = cfg.split_spec()
-    splits = store.splits(spec, labels)
-    if splits["train"].classes != labels:
-        raise QDMError(f"{data_dir}: class order differs from {run_dir / ckpt.LABELS}")
-    return splits
-
-
-def balanced_subset(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """Sorted indices of ``min(n, len(labels))`` rows spread as evenly over the classes as their sizes allow."""
-    rng = np.random.default_rng([seed, n])
-    rank = np.empty(len(labels), dtype=np.int64)
-    for c in np.unique(labels):
-        rows = np.flatnonzero(labels == c)
-        rank[rows] = rng.permutation(len(rows))
-    return np.sort(np.lexsort((labels, rank))[:n])  # round-robin: every class's 1st pick, then 2nd, ...
+    return Store.open(data_dir).model_splits(cfg.split_spec(), labels, "use the data the model was trained on")
 
 
 def load_drawings(path: Path, num_classes: int) -> Drawings:
@@ -101,21 +82,13 @@ def calibration_set(model_ref: str | Path, data_dir: str | Path | None = None, n
                     f"{CALIBRATION_FILE} of {run_dir.name} (training split, {len(keep)} class-balanced drawings)")
 
 
-def calibration_pixels(model_ref: str | Path, data_dir: str | Path | None = None, n: int = CALIBRATION_SIZE,
-                       seed: int = 0) -> np.ndarray:
-    """(n, 784) uint8: class-balanced rows of the run's training split, for static quantization."""
-    return calibration_set(model_ref, data_dir, n, seed).pixels
-
-
 def verification_set(model_ref: str | Path, data_dir: str | Path | None = None,
                      max_drawings: int = VERIFY_MAX) -> Drawings:
     """The run's test split of ``data_dir`` (all of it up to ``max_drawings``, else a class-balanced sample of
     that many), or without data its bundled sample.npz."""
     run_dir = resolve_run_dir(model_ref)
     if data_dir is not None:
-        test = run_splits(run_dir, data_dir)["test"]
-        if len(test) == 0:
-            raise QDMError(f"{data_dir}: the test split is empty")
+        test = run_splits(run_dir, data_dir)["test"].nonempty(data_dir)
         if len(test) <= max_drawings:
             pixels, labels = test.materialize()
             return Drawings(pixels, labels, f"{data_dir} (test split, {len(pixels)} drawings)")

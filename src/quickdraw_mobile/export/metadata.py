@@ -17,14 +17,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..artifact_names import RUNTIMES, sidecar_paths
 from ..data.render import RENDERER_VERSION
 from ..errors import QDMError
-from ..fileio import read_versioned_json, sha256_file
+from ..fileio import read_versioned_json, sha256_file, write_json_atomic, write_text_atomic
 from .selfcheck import check_selfcheck
 
 ARTIFACT_FORMAT = "quickdraw-mobile-artifact"
 ARTIFACT_VERSION = 1
-RUNTIMES = {".pte": "executorch", ".onnx": "onnxruntime"}
 SIDE = 28
 # The normalization of data.loader.normalize, restated here so reading metadata needs no torch.
 MEAN = 0.5
@@ -37,12 +37,6 @@ def runtime_for(path: str | Path) -> str:
     if path.suffix not in RUNTIMES:
         raise QDMError(f"{path}: expected an exported model (.pte or .onnx), got {path.suffix or 'no suffix'!r}")
     return RUNTIMES[path.suffix]
-
-
-def sidecar_paths(artifact: str | Path) -> tuple[Path, Path]:
-    """(metadata.json, labels.txt) beside ``artifact``."""
-    artifact = Path(artifact)
-    return (artifact.with_name(f"{artifact.name}.metadata.json"), artifact.with_name(f"{artifact.name}.labels.txt"))
 
 
 def input_contract(max_batch: int | None) -> dict:
@@ -96,6 +90,16 @@ def build_metadata(*, name: str, written: Path, quant: str, classes: list[str], 
 
 def labels_text(classes: list[str]) -> str:
     return "".join(f"{c}\n" for c in classes)
+
+
+def write_sidecars(artifact: str | Path, metadata: dict, classes: list[str]) -> None:
+    """Write the labels.txt and metadata.json beside ``artifact`` (the final name; each file atomically).
+
+    Every writer of an artifact calls this before renaming the artifact into place, so the file never sits under
+    its final name without sidecars that describe it."""
+    meta_path, labels_path = sidecar_paths(artifact)
+    write_text_atomic(labels_path, labels_text(classes))
+    write_json_atomic(meta_path, metadata)
 
 
 def read_metadata(artifact: str | Path, check_file: bool = True) -> tuple[dict, list[str]]:

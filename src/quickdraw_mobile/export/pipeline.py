@@ -18,18 +18,17 @@ from importlib.metadata import version
 from pathlib import Path
 
 from .. import __version__
+from ..artifact_names import FORMATS
 from ..errors import QDMError
-from ..fileio import atomic_path, write_json_atomic, write_text_atomic
-from ..modelref import DEFAULT, load_model
-from ..models.profile import count_macs, count_params
+from ..fileio import atomic_path
+from ..modelref import describe_model, load_model
 from ..options import CALIBRATION_SIZE
 from .calibration import calibration_set, verification_set
-from .metadata import build_metadata, labels_text, read_metadata, sidecar_paths
+from .metadata import build_metadata, read_metadata, write_sidecars
 from .runtime import Artifact
 from .selfcheck import build_selfcheck
 from .verify import check_agreement, eager_logits, verify_artifact
 
-FORMATS = {"pte": ".pte", "onnx": ".onnx"}
 QUANT_MODES = ("none", "int8")
 
 
@@ -73,15 +72,12 @@ def export_model(model_ref: str | Path, fmt: str, quant: str, out: str | Path, d
                    "provider": "CPUExecutionProvider", "ops": op_counts(data)}
         scheme = ("ONNX Runtime static QDQ: INT8 weights per output channel (symmetric), UINT8 activations per "
                   "tensor (affine), min/max calibration")
-    model_info = {"name": loaded.config.model, "options": loaded.config.model_kwargs,
-                  "source": DEFAULT if str(model_ref) == DEFAULT else str(Path(model_ref).resolve()),
-                  "params": count_params(loaded.model), "macs": count_macs(loaded.model)}
+    model_info = describe_model(loaded)
     export_info = {"tool": f"quickdraw-mobile {__version__}", "torch": version("torch"), **backend,
                    "quantization": scheme if quant == "int8" else "none (float32)",
                    "calibration": None if calibration is None else
                    {"drawings": len(calibration.pixels), "seed": seed, "source": calibration.source}}
 
-    meta_path, labels_path = sidecar_paths(out)
     with atomic_path(out) as tmp:
         tmp.write_bytes(data)
         metadata = build_metadata(name=out.name, written=tmp, quant=quant, classes=loaded.labels,
@@ -92,7 +88,6 @@ def export_model(model_ref: str | Path, fmt: str, quant: str, out: str | Path, d
         metadata["verification"] = result
         metadata["selfcheck"] = build_selfcheck(verification.pixels, verification.labels, logits, quant,
                                                 source=verification.source)
-        write_text_atomic(labels_path, labels_text(loaded.labels))
-        write_json_atomic(meta_path, metadata)
+        write_sidecars(out, metadata, loaded.labels)
     read_metadata(out)  # the files on disk describe each other
     return {**metadata, "lowering": lowering, "path": str(out)}

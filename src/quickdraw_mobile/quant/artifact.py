@@ -13,8 +13,8 @@ from pathlib import Path
 from .. import __version__
 from ..errors import QDMError
 from ..export.executorch import PTE_MAX_BATCH
-from ..export.metadata import build_metadata, labels_text, sidecar_paths
-from ..fileio import atomic_path, write_json_atomic, write_text_atomic
+from ..export.metadata import build_metadata, write_sidecars
+from ..fileio import atomic_path
 from .registry import QuantizedModel
 
 
@@ -29,11 +29,9 @@ def save_pte(qm: QuantizedModel, out: str | Path, labels: list[str], model_info:
                    "executorch": version("executorch"), "backend": "XNNPACK", "delegated_ops": report.delegated,
                    "not_delegated_ops": report.not_delegated, "method": qm.method, "bits": qm.bits,
                    "quantization": qm.scheme, "notes": qm.notes, "calibration": calibration}
-    meta_path, labels_path = sidecar_paths(out)
     with atomic_path(out) as tmp:
         tmp.write_bytes(data)
         metadata = build_metadata(name=out.name, written=tmp, quant=qm.method, classes=labels,
                                   max_batch=PTE_MAX_BATCH, model=model_info or {}, export=export_info)
-        write_text_atomic(labels_path, labels_text(labels))
-        write_json_atomic(meta_path, metadata)
+        write_sidecars(out, metadata, labels)
     return {**metadata, "lowering": report.lines()}

@@ -36,10 +36,9 @@ from ..data.loader import normalize
 from ..errors import QDMError
 from ..export.calibration import calibration_set, run_splits, verification_set
 from ..export.selfcheck import check_finite
-from ..fileio import atomic_path, ensure_dir, os_error_reason, write_json_atomic, write_text_atomic
+from ..fileio import ensure_dir, os_error_reason, write_json_atomic, write_text_atomic
 from ..inference import logits_for_pixels
-from ..modelref import DEFAULT, load_model, resolve_run_dir
-from ..models.profile import count_macs, count_params
+from ..modelref import describe_model, load_model, resolve_run_dir
 from ..options import CALIBRATION_SIZE
 from .artifact import save_pte
 from .finetune import TrainingData
@@ -93,9 +92,7 @@ def compare(model_ref: str | Path, methods: list[str], out: str | Path, data_dir
     check_finite(logits_for_pixels(loaded.model, calibration.pixels), f"{model_ref}: the model",
                  "calibration drawings")
     x_calib, y_calib = normalize(calibration.pixels), torch.from_numpy(calibration.labels)
-    model_info = {"name": loaded.config.model, "options": loaded.config.model_kwargs,
-                  "source": DEFAULT if str(model_ref) == DEFAULT else str(Path(model_ref).resolve()),
-                  "params": count_params(loaded.model), "macs": count_macs(loaded.model)}
+    model_info = describe_model(loaded)
     calib_info = {"drawings": len(calibration.pixels), "seed": seed, "source": calibration.source}
 
     # Artifacts are written and measured in a staging folder inside ``out`` and moved into ``out/artifacts``
@@ -235,13 +232,13 @@ def _label_groups(points: list[dict], key: str, scale: float, log_x: bool) -> di
 
 
 def write_plots(rows: list[dict], out: Path) -> list[Path]:
-    from matplotlib.figure import Figure
+    from ..figures import figure, save  # matplotlib only when plots are drawn
 
     paths = []
     for key, label, name in (("size_bytes", "size on disk (KB, log scale)", "accuracy_vs_size.png"),
                              ("latency_ms_p50", "single-drawing latency p50 (ms)", "accuracy_vs_latency.png")):
         points = [r for r in rows if r[key] is not None]
-        fig = Figure(figsize=(6.4, 4.4), dpi=110)
+        fig = figure(figsize=(6.4, 4.4), dpi=110)
         ax = fig.add_subplot()
         scale = 1e3 if key == "size_bytes" else 1.0
         for r in points:
@@ -256,8 +253,5 @@ def write_plots(rows: list[dict], out: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.set_title(f"Accuracy against {'size' if key == 'size_bytes' else 'latency'}")
         fig.tight_layout()
-        path = out / name
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png")
-        paths.append(path)
+        paths.append(save(fig, out / name))
     return paths

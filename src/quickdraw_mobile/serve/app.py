@@ -33,7 +33,7 @@ from ..data.classes import all_classes
 from ..data.render import FORMATS, RENDERER_VERSION, SIDE
 from ..errors import QDMError
 from ..inference import softmax_for_pixels
-from ..modelref import LoadedModel, load_model
+from ..modelref import LoadedModel, describe_model, load_model
 from ..predict import top_k
 from .preprocess import (
     MAX_ABS_COORDINATE,
@@ -106,17 +106,18 @@ class Predictor:
     """The eager model on one thread of its own, plus what ``GET /model`` reports."""
 
     def __init__(self, loaded: LoadedModel, browser_model: Path | None = None):
-        from ..models.profile import count_params
-
         self.model = loaded.model
         self.labels = loaded.labels
         # One worker: forward passes run one at a time, always on the same thread (started on first use).
         self.runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdm-model")
         self.browser_model = browser_model
+        model = describe_model(loaded)  # not its "source": the server's paths are not the page's business
         self.metadata = {
-            "name": loaded.config.model,
+            "name": model["name"],
+            "options": model["options"],
             "run": loaded.source.name,
-            "params": count_params(loaded.model),
+            "params": model["params"],
+            "macs": model["macs"],
             "classes": len(loaded.labels),
             "input": {"shape": [1, 1, SIDE, SIDE], "pixels": "uint8 ink 255 on 0, normalized as (p/255 - 0.5)/0.5"},
             "renderer": RENDERER_VERSION,
