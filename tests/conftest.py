@@ -56,8 +56,8 @@ def tiny_store(shared_data, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tiny_store, tmp_path_factory) -> Path:
     """A run folder of TINY_TRAIN on ``tiny_store`` (tests must not change it: copy it first)."""
-    from quickdraw_mobile.train import train
     from quickdraw_mobile.train.config import TrainConfig
+    from quickdraw_mobile.train.loop import train
 
     out = tmp_path_factory.mktemp("run") / "run"
     train(TrainConfig(**TINY_TRAIN), tiny_store, out, progress=False)

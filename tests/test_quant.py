@@ -39,8 +39,8 @@ from quickdraw_mobile.quant.rtn import rtn_quantize
 from quickdraw_mobile.quant.scaling import scale_inputs
 from quickdraw_mobile.quant.smoothquant import scope_layers, smooth, smoothable_layers
 from quickdraw_mobile.quant.stats import collect_input_stats, weight_matrix
-from quickdraw_mobile.train import train
 from quickdraw_mobile.train.config import TrainConfig
+from quickdraw_mobile.train.loop import train
 
 CLASSES = ["apple", "cat", "star"]
 TINY = dict(model="cnn_small", model_kwargs={"width": 8}, epochs=3, batch_size=32, max_per_class=300,

@@ -20,9 +20,11 @@ from quickdraw_mobile.data.store import Store
 from quickdraw_mobile.errors import QDMError
 from quickdraw_mobile.inference import logits_for_pixels
 from quickdraw_mobile.modelref import load_model
-from quickdraw_mobile.train import load_config, train
+from quickdraw_mobile.train import load_config
 from quickdraw_mobile.train.config import TrainConfig
-from quickdraw_mobile.train.distill import DistillConfig, soft_cross_entropy, teacher_probs
+from quickdraw_mobile.train.distill import DistillConfig, soft_cross_entropy
+from quickdraw_mobile.train.loop import train
+from quickdraw_mobile.train.teachers import teacher_probs
 
 CLASSES = ["apple", "cat", "star"]
 TINY = dict(model="cnn_small", model_kwargs={"width": 8}, epochs=2, batch_size=32, max_per_class=160,

@@ -208,7 +208,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import json
 
     from .fileio import json_text
-    from .train import load_config, train
+    from .train import load_config
+    from .train.loop import train
 
     if args.resume:
         refused = [flag for flag in _options_given(args) if flag[2:].replace("-", "_") not in RESUME_OPTIONS]

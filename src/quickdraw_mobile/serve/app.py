@@ -115,7 +115,7 @@ class Predictor:
         self.browser_model = browser_model
         self.metadata = {
             "name": loaded.config.model,
-            "run": loaded.source.name,
+            "run": loaded.run.root.name,
             "params": count_params(loaded.model),
             "classes": len(loaded.labels),
             "input": {"shape": [1, 1, SIDE, SIDE], "pixels": "uint8 ink 255 on 0, normalized as (p/255 - 0.5)/0.5"},

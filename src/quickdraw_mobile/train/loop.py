@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
+from .. import runfolder as ckpt
 from ..data.loader import BatchLoader
 from ..data.store import Store
 from ..errors import QDMError
@@ -43,8 +44,7 @@ from ..fileio import (
 from ..inference import logits_for_split
 from ..models import create_model
 from ..models.profile import count_macs, count_params
-from . import checkpoint as ckpt
-from . import distill
+from . import distill, teachers
 from .config import TrainConfig, load_config
 from .distributed import DistContext, all_reduce_sum, broadcast_flag, setup, teardown
 from .mixing import mix_batch, mixed_loss, step_rng
@@ -281,9 +281,9 @@ def _train(cfg, data_dir, out, ctx, resume, epochs, progress, stop_after_steps, 
     mixing = cfg.mixing()
 
     teaching = cfg.distillation()
-    soft_table = (distill.soft_targets(teaching, splits["train"], classes, out, ctx, resume=resume,
-                                       batch_size=cfg.eval_batch_size, bf16=cfg.bf16,
-                                       progress=progress and ctx.is_main, stop=stop_requested)
+    soft_table = (teachers.soft_targets(teaching, splits["train"], classes, out, ctx, resume=resume,
+                                        batch_size=cfg.eval_batch_size, bf16=cfg.bf16,
+                                        progress=progress and ctx.is_main, stop=stop_requested)
                   if teaching.enabled else None)
 
     def loss_fn(logits: torch.Tensor, labels: torch.Tensor, soft: torch.Tensor | None = None) -> torch.Tensor:
@@ -433,7 +433,7 @@ def _train(cfg, data_dir, out, ctx, resume, epochs, progress, stop_after_steps, 
     }
     if ctx.is_main and not interrupted:
         with _explain_write_failure(out, data_dir):
-            write_json_atomic(out / "train_summary.json", summary)
+            write_json_atomic(out / ckpt.SUMMARY, summary)
     return summary
 
 
