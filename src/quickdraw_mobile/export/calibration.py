@@ -32,8 +32,9 @@ class Drawings:
     source: str  # where they come from, for metadata and reports
 
 
-def run_splits(run: RunFolder, data_dir: str | Path) -> dict[str, Split]:
-    """The train / val / test splits of ``data_dir`` exactly as ``run`` made them."""
+def run_splits(run: RunFolder | str | Path, data_dir: str | Path) -> dict[str, Split]:
+    """The train / val / test splits of ``data_dir`` exactly as the run folder ``run`` made them."""
+    run = run if isinstance(run, RunFolder) else RunFolder(run)
     cfg = load_config(run.config_path)
     labels = run.read_labels()
     store = Store.open(data_dir)
