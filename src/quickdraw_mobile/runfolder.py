@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import pickle
 import zipfile
 from dataclasses import dataclass
@@ -84,39 +83,21 @@ class RunFolder:
     def exists(self) -> bool:
         return self.root.is_dir()
 
-    def holds_run(self) -> bool:
-        """Whether every file a model is loaded from is there (config, labels, weights)."""
-        return all(path.exists() for path in self._model_files())
-
     def check(self) -> RunFolder:
-        """This folder, if it holds a run; else a one-line error naming what is missing."""
+        """This folder, if it holds what a model is loaded from (config, labels, weights); else a one-line error
+        naming what is missing."""
         if not self.exists():
             raise QDMError(f"{self.root}: no such run folder (expected a folder made by 'qdm train')")
-        for path in self._model_files():
+        for path in (self.config_path, self.labels_path, self.weights_path):
             if not path.exists():
                 raise QDMError(f"{path}: missing; {self.root} is not a complete run folder")
         return self
-
-    def _model_files(self) -> tuple[Path, ...]:
-        return (self.config_path, self.labels_path, self.weights_path)
 
     def read_labels(self) -> list[str]:
         return read_labels(self.labels_path)
 
     def load_weights(self) -> dict[str, torch.Tensor]:
         return load_weights(self.weights_path)
-
-    def read_metrics(self) -> list[dict]:
-        """The rows of metrics.csv; none when the run has not finished an epoch."""
-        return read_metrics_csv(self.metrics_path)
-
-    def read_summary(self) -> dict:
-        if not self.summary_path.exists():
-            raise QDMError(f"{self.summary_path}: not found; the run in {self.root} has not finished")
-        try:
-            return json.loads(self.summary_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise QDMError(f"{self.summary_path}: unreadable ({exc})") from exc
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
