@@ -34,8 +34,8 @@ from quickdraw_mobile.bench.latency import conv_peak_gmacs, peak_gmacs
 from quickdraw_mobile.data.ingest import ingest
 from quickdraw_mobile.data.store import SplitSpec, Store
 from quickdraw_mobile.models import count_macs, count_train_macs, create_model
-from quickdraw_mobile.train import train
 from quickdraw_mobile.train.config import TrainConfig
+from quickdraw_mobile.train.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "quickdraw" / "numpy_bitmap"

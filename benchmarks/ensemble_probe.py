@@ -28,7 +28,7 @@ def test_probabilities(run: str, data_dir: str, hflip: bool = False) -> tuple[np
     gives a student).
     """
     loaded = load_model(run)
-    split = run_splits(loaded.source, data_dir)["test"]  # checks the store holds the run's classes, in order
+    split = run_splits(loaded.run, data_dir)["test"]  # checks the store holds the run's classes, in order
     pixels, labels = split.gather(np.arange(len(split)))
     probs = softmax_for_pixels(loaded.model, pixels, mirror_average=hflip)
     return probs, labels, np.concatenate(split.rows)

@@ -114,8 +114,8 @@ def tiny_store(drawings, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tiny_store, tmp_path_factory) -> Path:
     """The one tiny training of the suite: a run folder of TINY_TRAIN on ``tiny_store`` (copy it to change it)."""
-    from quickdraw_mobile.train import train
     from quickdraw_mobile.train.config import TrainConfig
+    from quickdraw_mobile.train.loop import train
 
     out = tmp_path_factory.mktemp("run") / "run"
     train(TrainConfig(**TINY_TRAIN), tiny_store, out, progress=False)

@@ -13,6 +13,7 @@ import torch
 from conftest import SMALL_MODEL_OPTIONS, TINY_CLASSES
 from torch import nn
 
+from quickdraw_mobile import runfolder as ckpt
 from quickdraw_mobile.cli import main as qdm
 from quickdraw_mobile.data.loader import normalize
 from quickdraw_mobile.data.render import RENDERER_VERSION
@@ -27,7 +28,6 @@ from quickdraw_mobile.fileio import write_text_atomic
 from quickdraw_mobile.inference import logits_for_pixels
 from quickdraw_mobile.modelref import default_model_dir, load_model
 from quickdraw_mobile.models import create_model, list_models
-from quickdraw_mobile.train import checkpoint as ckpt
 from quickdraw_mobile.train.config import TrainConfig
 
 

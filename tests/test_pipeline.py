@@ -15,6 +15,7 @@ from quickdraw_mobile.cli import main as qdm
 from quickdraw_mobile.data.store import SplitSpec, split_class_rows
 from quickdraw_mobile.errors import QDMError
 from quickdraw_mobile.pipeline import CONFIGS, SECTIONS, load_pipeline_config, run
+from quickdraw_mobile.pipeline import STAGES as PIPELINE_STAGES
 from quickdraw_mobile.quant import list_methods
 from quickdraw_mobile.train.config import TrainConfig, from_dict
 
@@ -155,6 +156,17 @@ def test_run_end_to_end_and_cache(tiny_config, tmp_path, capsys):
     assert _stages_run(capsys.readouterr().out) == ["evaluate", "report"]
     assert (out / "train" / "model.safetensors").stat().st_mtime_ns == weights
     assert json.loads((out / "report.json").read_text())["evaluate"]["split"] == "val"
+
+    # every stage's entry in pipeline.json reads back into its result type and writes out the same JSON
+    state = json.loads((out / "pipeline.json").read_text())
+    for stage in PIPELINE_STAGES:
+        assert stage.result.from_json(state[stage.name]["result"]).to_json() == state[stage.name]["result"]
+    # an entry this version cannot read (say, of an older layout) is not trusted: that stage runs again
+    del state["evaluate"]["result"]["top1"]
+    (out / "pipeline.json").write_text(json.dumps(state))
+    run(config_path, out)
+    assert _stages_run(capsys.readouterr().out) == ["evaluate", "report"]
+    assert "top1" in json.loads((out / "pipeline.json").read_text())["evaluate"]["result"]
 
 
 @pytest.mark.slow

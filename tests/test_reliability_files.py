@@ -24,12 +24,13 @@ from conftest import TINY_TRAIN, stroke_lines
 from safetensors.torch import load_file
 
 from quickdraw_mobile import fileio
+from quickdraw_mobile import runfolder as ckpt
 from quickdraw_mobile.cli import main as qdm
 from quickdraw_mobile.data.store import Store
 from quickdraw_mobile.errors import QDMError
-from quickdraw_mobile.train import checkpoint as ckpt
-from quickdraw_mobile.train import loop, train
+from quickdraw_mobile.train import loop
 from quickdraw_mobile.train.config import TrainConfig
+from quickdraw_mobile.train.loop import train
 
 TMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 UMASK = os.umask(0)

@@ -17,6 +17,7 @@ import torch
 from conftest import TINY_CLASSES, artifact_with_bytes, stroke_lines
 from safetensors.torch import load_file, save_file
 
+from quickdraw_mobile import runfolder as ckpt
 from quickdraw_mobile.cli import main as qdm
 from quickdraw_mobile.data.render import render_ndjson
 from quickdraw_mobile.data.store import Store
@@ -25,7 +26,6 @@ from quickdraw_mobile.export.executorch import LoweringReport
 from quickdraw_mobile.export.pipeline import export_model
 from quickdraw_mobile.inference import logits_for_pixels
 from quickdraw_mobile.modelref import load_model
-from quickdraw_mobile.train import checkpoint as ckpt
 
 NON_FINITE = "produces non-finite logits (NaN or infinity)"
 

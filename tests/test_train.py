@@ -21,9 +21,11 @@ from quickdraw_mobile.data.store import Store
 from quickdraw_mobile.errors import QDMError
 from quickdraw_mobile.inference import logits_for_pixels
 from quickdraw_mobile.modelref import load_model
-from quickdraw_mobile.train import load_config, train
+from quickdraw_mobile.train import load_config
 from quickdraw_mobile.train.config import TrainConfig, from_dict
-from quickdraw_mobile.train.distill import DistillConfig, soft_cross_entropy, teacher_probs
+from quickdraw_mobile.train.distill import DistillConfig, soft_cross_entropy
+from quickdraw_mobile.train.loop import train
+from quickdraw_mobile.train.teachers import teacher_probs
 
 CLASSES, TINY = TINY_CLASSES, TINY_TRAIN  # tiny_store and tiny_run (conftest) are these
 

@@ -16,7 +16,7 @@ from .artifact_names import is_artifact
 from .errors import QDMError
 from .models import create_model
 from .models.profile import describe
-from .train import checkpoint as ckpt
+from .runfolder import RunFolder
 from .train.config import TrainConfig, load_config
 
 DEFAULT = "default"
@@ -27,42 +27,40 @@ class LoadedModel:
     model: torch.nn.Module
     labels: list[str]
     config: TrainConfig
-    source: Path
+    run: RunFolder
 
 
 def default_model_dir() -> Path:
     return Path(str(resources.files("quickdraw_mobile").joinpath("pretrained", "default")))
 
 
-def resolve_run_dir(ref: str | Path) -> Path:
+def resolve_run(ref: str | Path) -> RunFolder:
+    """The run folder ``ref`` names (``default``: the bundled model's), checked to hold a complete run."""
     if str(ref) == DEFAULT:
-        path = default_model_dir()
-        if not (path / ckpt.WEIGHTS).exists():
-            raise QDMError(f"{path}: the bundled default model is missing from this install")
-        return path
+        run = RunFolder(default_model_dir())
+        if not run.weights_path.exists():
+            raise QDMError(f"{run.root}: the bundled default model is missing from this install")
+        return run
     path = Path(ref)
     if is_artifact(path):
         raise QDMError(f"{path}: an exported artifact; this command needs a run folder or 'default'")
     if not path.is_dir():
         raise QDMError(f"{path}: no such run folder (expected a folder made by 'qdm train', or 'default')")
-    for name in (ckpt.CONFIG, ckpt.LABELS, ckpt.WEIGHTS):
-        if not (path / name).exists():
-            raise QDMError(f"{path / name}: missing; {path} is not a complete run folder")
-    return path
+    return RunFolder(path).check()
 
 
 def load_model(ref: str | Path) -> LoadedModel:
     """Build the model of a run folder (or ``default``) and load its best weights, in eval mode."""
-    run = resolve_run_dir(ref)
-    config = load_config(run / ckpt.CONFIG)
-    labels = ckpt.read_labels(run / ckpt.LABELS)
+    run = resolve_run(ref)
+    config = load_config(run.config_path)
+    labels = run.read_labels()
     model = create_model(config.model, num_classes=len(labels), **config.model_kwargs)
-    state = ckpt.load_weights(run / ckpt.WEIGHTS)
+    state = run.load_weights()
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
-        raise QDMError(f"{run / ckpt.WEIGHTS}: does not match model {config.model!r} with {len(labels)} "
+        raise QDMError(f"{run.weights_path}: does not match model {config.model!r} with {len(labels)} "
                        f"classes ({first})") from exc
     return LoadedModel(model.eval(), labels, config, run)
 
@@ -70,7 +68,7 @@ def load_model(ref: str | Path) -> LoadedModel:
 def describe_model(loaded: LoadedModel) -> dict:
     """What artifact metadata, reports and ``GET /model`` say about a loaded model: its architecture and options,
     where it came from (``default`` or the run folder's absolute path), parameters and MACs of one drawing."""
-    source = DEFAULT if loaded.source == default_model_dir() else str(loaded.source.resolve())
+    source = DEFAULT if loaded.run.root == default_model_dir() else str(loaded.run.root.resolve())
     counted = describe(loaded.model)
     return {"name": loaded.config.model, "options": loaded.config.model_kwargs, "source": source,
             "params": counted["params"], "macs": counted["macs"]}

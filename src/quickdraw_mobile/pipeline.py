@@ -3,7 +3,9 @@
 data -> train -> evaluate (test split) -> quantize (every method) -> export (FP32 and INT8 .pte and .onnx, each
 verified in its runtime) -> bench -> report. Each stage's inputs (its config sections and the keys of the stages
 it reads) are hashed into a key stored in ``<run>/pipeline.json``; a re-run skips every stage whose key is
-unchanged and finished, and redoes a stage (and the stages that read it) when its inputs changed.
+unchanged and finished, and redoes a stage (and the stages that read it) when its inputs changed. Each stage
+returns a small dataclass (``results``): the later stages and the report read its fields, and its ``to_json`` is
+the stage's entry in pipeline.json.
 
 Every section is checked when the config is loaded, so a misspelled bench option fails before training starts.
 """
@@ -23,6 +25,19 @@ import yaml
 
 from .errors import QDMError
 from .fileio import write_json_atomic
+from .results import (
+    BenchResult,
+    DataResult,
+    EvalResult,
+    ExportedArtifact,
+    ExportResult,
+    QuantizeResult,
+    ReportResult,
+    RunResults,
+    StageResult,
+    TrainResult,
+)
+from .runfolder import RunFolder
 
 SECTIONS = ("data", "train", "evaluate", "quantize", "export", "bench", "report")
 CONFIGS = Path(__file__).resolve().parent / "configs"  # also reachable as configs/ at the repository root
@@ -34,7 +49,7 @@ class Context:
     out: Path
     config: dict
     progress: bool
-    results: dict = field(default_factory=dict)  # stage name -> its JSON-able result
+    results: dict[str, StageResult] = field(default_factory=dict)  # stage name -> its result
     resuming: bool = False  # the current stage ran before with the same inputs but did not finish
 
 
@@ -193,7 +208,7 @@ def _fresh_dir(path: Path) -> Path:
     return path
 
 
-def stage_data(ctx: Context) -> dict:
+def stage_data(ctx: Context) -> DataResult:
     from .data.store import Store
 
     source = _data_options(ctx.config)["source"]
@@ -212,115 +227,136 @@ def stage_data(ctx: Context) -> dict:
     train_cfg = _train_config(ctx.config)
     spec = train_cfg.split_spec()
     splits = store.splits(spec, train_cfg.classes)
-    return {"store": str(store_dir), "source": source, "classes": splits["train"].classes,
-            "drawings": sum(store.counts[c] for c in splits["train"].classes),
-            "split": {name: len(split) for name, split in splits.items()},
-            "sources": sorted({e["source"] for e in store.entries})}
+    return DataResult(store=Path(store_dir), source=source, classes=splits["train"].classes,
+                      drawings=sum(store.counts[c] for c in splits["train"].classes),
+                      split={name: len(split) for name, split in splits.items()},
+                      sources=sorted({e["source"] for e in store.entries}))
 
 
-def stage_train(ctx: Context) -> dict:
-    from .train import train
+def stage_train(ctx: Context) -> TrainResult:
+    from .train.loop import train
 
-    run_dir = ctx.out / "train"
-    resume = ctx.resuming and (run_dir / "checkpoints" / "last.pt").exists()
-    if run_dir.exists() and not resume:  # stale: this stage's inputs changed since it ran
-        shutil.rmtree(run_dir)
-    summary = train(_train_config(ctx.config) if not resume else None, ctx.results["data"]["store"], run_dir,
+    run = RunFolder(ctx.out / "train")
+    resume = ctx.resuming and run.last_checkpoint.exists()
+    if run.exists() and not resume:  # stale: this stage's inputs changed since it ran
+        shutil.rmtree(run.root)
+    summary = train(_train_config(ctx.config) if not resume else None, ctx.results["data"].store, run.root,
                     resume=resume, progress=ctx.progress)
-    return {"run": str(run_dir), **summary}
+    return TrainResult(run, summary)
 
 
-def stage_evaluate(ctx: Context) -> dict:
+def stage_evaluate(ctx: Context) -> EvalResult:
     from .evaluate.runner import evaluate
 
     split = _evaluate_options(ctx.config)["split"]
     out = ctx.out / "eval"
-    metrics = evaluate(ctx.results["train"]["run"], ctx.results["data"]["store"], out, split=split)
-    keep = ("split", "n", "top1", "top5", "map3", "macro_precision", "macro_recall", "macro_f1")
-    return {"dir": str(out), **{k: metrics[k] for k in keep}}
+    metrics = evaluate(ctx.results["train"].run.root, ctx.results["data"].store, out, split=split)
+    return EvalResult.from_json({"dir": out, **metrics})
 
 
-def stage_quantize(ctx: Context) -> dict:
+def stage_quantize(ctx: Context) -> QuantizeResult:
     from .quant.compare import compare
 
     options = _quantize_options(ctx.config)
     out = _fresh_dir(ctx.out / "quantize")
-    compare(ctx.results["train"]["run"], options.pop("methods"), out, data_dir=ctx.results["data"]["store"],
+    compare(ctx.results["train"].run.root, options.pop("methods"), out, data_dir=ctx.results["data"].store,
             **options)
-    return {"dir": str(out), "comparison": str(out / "comparison.json"), "markdown": str(out / "comparison.md"),
-            "plots": [str(out / "accuracy_vs_size.png"), str(out / "accuracy_vs_latency.png")],
-            # the file's rows, not compare()'s return value: method notes are made JSON-safe there
-            "rows": json.loads((out / "comparison.json").read_text(encoding="utf-8"))}
+    comparison = out / "comparison.json"
+    return QuantizeResult(out, comparison, out / "comparison.md",
+                          [out / "accuracy_vs_size.png", out / "accuracy_vs_latency.png"],
+                          # the file's rows, not compare()'s return value: method notes are made JSON-safe there
+                          json.loads(comparison.read_text(encoding="utf-8")))
 
 
-def stage_export(ctx: Context) -> dict:
+def stage_export(ctx: Context) -> ExportResult:
     from .bench.runner import EXPORTS
     from .export.metadata import sidecar_paths
     from .export.pipeline import export_model
 
     options = _export_options(ctx.config)
     out = _fresh_dir(ctx.out / "export")
+    trained, store = ctx.results["train"], ctx.results["data"].store
     artifacts = []
     for fmt, quant in EXPORTS:  # FP32 and INT8 .pte and .onnx, the four files bench compares
-        path = out / f"{ctx.results['train']['model']}_{'int8' if quant == 'int8' else 'fp32'}.{fmt}"
-        meta = export_model(ctx.results["train"]["run"], fmt, quant, path, data_dir=ctx.results["data"]["store"],
+        path = out / f"{trained.model}_{'int8' if quant == 'int8' else 'fp32'}.{fmt}"
+        meta = export_model(trained.run.root, fmt, quant, path, data_dir=store,
                             **options)  # verified in its runtime against eager before it is written
         export = meta["export"]
-        artifacts.append({"path": meta["path"], "metadata": str(sidecar_paths(path)[0]),
-                          "format": fmt, **meta["artifact"], "verification": meta["verification"],
-                          "lowering": meta["lowering"],
-                          "ops": {k: export[k] for k in ("delegated_ops", "not_delegated_ops", "ops", "provider",
-                                                         "backend") if k in export},
-                          "calibration": export["calibration"]})
-    return {"dir": str(out), "artifacts": artifacts}
+        artifacts.append(ExportedArtifact(
+            path=Path(meta["path"]), metadata=sidecar_paths(path)[0], format=fmt, **meta["artifact"],
+            verification=meta["verification"], lowering=meta["lowering"],
+            ops={k: export[k] for k in ("delegated_ops", "not_delegated_ops", "ops", "provider", "backend")
+                 if k in export},
+            calibration=export["calibration"]))
+    return ExportResult(out, artifacts)
 
 
-def stage_bench(ctx: Context) -> dict:
+def stage_bench(ctx: Context) -> BenchResult:
     from .bench.report import write_report
     from .bench.runner import run_bench
 
     out = _fresh_dir(ctx.out / "bench")
     # eager from the run folder plus the files the export stage wrote and verified: nothing is exported twice
-    refs = [ctx.results["train"]["run"], *(a["path"] for a in ctx.results["export"]["artifacts"])]
-    result = run_bench(refs, out, data_dir=ctx.results["data"]["store"], export=False, **_bench_options(ctx.config))
+    refs = [str(ctx.results["train"].run.root), *(str(a.path) for a in ctx.results["export"].artifacts)]
+    result = run_bench(refs, out, data_dir=ctx.results["data"].store, export=False, **_bench_options(ctx.config))
     paths = write_report(result, out)
-    return {"dir": str(out), **{k: str(v) for k, v in paths.items()}, **result}
+    return BenchResult(out, paths["json"], paths["markdown"], paths["plot"], result)
 
 
-def stage_report(ctx: Context) -> dict:
+def stage_report(ctx: Context) -> ReportResult:
     from .report import write_report
 
-    paths = write_report(ctx.out, ctx.results, ctx.config)
-    return {k: str(v) for k, v in paths.items()}
+    paths = write_report(ctx.out, RunResults(**ctx.results), ctx.config)
+    return ReportResult(paths["markdown"], paths["json"])
 
 
-# name, function, upstream stages whose keys feed this one's key, config sections it reads
-STAGES: list[tuple[str, Callable[[Context], dict], tuple[str, ...], tuple[str, ...]]] = [
-    ("data", stage_data, (), ("data", "train")),
-    ("train", stage_train, ("data",), ("train",)),
-    ("evaluate", stage_evaluate, ("train",), ("evaluate",)),
-    ("quantize", stage_quantize, ("train",), ("quantize",)),
-    ("export", stage_export, ("train",), ("export",)),
-    ("bench", stage_bench, ("train", "export"), ("bench",)),
-    ("report", stage_report, ("data", "train", "evaluate", "quantize", "export", "bench"), ("report",)),
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable[[Context], StageResult]
+    result: type[StageResult]  # what it returns, and how a cached result is read back from pipeline.json
+    upstream: tuple[str, ...]  # the stages whose keys feed this one's key
+    sections: tuple[str, ...]  # the config sections it reads
+
+
+STAGES = [
+    Stage("data", stage_data, DataResult, (), ("data", "train")),
+    Stage("train", stage_train, TrainResult, ("data",), ("train",)),
+    Stage("evaluate", stage_evaluate, EvalResult, ("train",), ("evaluate",)),
+    Stage("quantize", stage_quantize, QuantizeResult, ("train",), ("quantize",)),
+    Stage("export", stage_export, ExportResult, ("train",), ("export",)),
+    Stage("bench", stage_bench, BenchResult, ("train", "export"), ("bench",)),
+    Stage("report", stage_report, ReportResult, ("data", "train", "evaluate", "quantize", "export", "bench"),
+          ("report",)),
 ]
 
 
 def _downstream(name: str) -> list[str]:
     """The stages that read ``name``'s outputs, directly or through other stages (STAGES is in run order)."""
     found: list[str] = []
-    for later, _, upstream, _ in STAGES:
-        if name in upstream or any(u in found for u in upstream):
-            found.append(later)
+    for stage in STAGES:
+        if name in stage.upstream or any(u in found for u in stage.upstream):
+            found.append(stage.name)
     return found
 
 
-def _stage_key(name: str, ctx: Context, upstream: tuple[str, ...], sections: tuple[str, ...], state: dict) -> str:
-    payload = {"stage": name, "config": {s: ctx.config[s] for s in sections},
-               "upstream": {u: state[u]["key"] for u in upstream}}
-    if name == "report":  # the report reads everything; rewrite it whenever anything ran
-        payload["results"] = {u: state[u].get("finished") for u in upstream}
+def _stage_key(stage: Stage, ctx: Context, state: dict) -> str:
+    payload = {"stage": stage.name, "config": {s: ctx.config[s] for s in stage.sections},
+               "upstream": {u: state[u]["key"] for u in stage.upstream}}
+    if stage.name == "report":  # the report reads everything; rewrite it whenever anything ran
+        payload["results"] = {u: state[u].get("finished") for u in stage.upstream}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _cached(stage: Stage, entry: dict | None, key: str) -> StageResult | None:
+    """The result of ``stage`` kept in pipeline.json, if it ran to the end with the same inputs and reads back
+    (an entry this version cannot read, e.g. of an older layout, means running the stage again)."""
+    if not entry or entry["key"] != key or not entry.get("complete", True):
+        return None
+    try:
+        return stage.result.from_json(entry["result"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def run(config_path: str | Path | None, out: str | Path, progress: bool = True) -> dict:
@@ -331,25 +367,28 @@ def run(config_path: str | Path | None, out: str | Path, progress: bool = True) 
     state_path = out / "pipeline.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     ctx = Context(out, config, progress)
-    for name, fn, upstream, sections in STAGES:
-        key = _stage_key(name, ctx, upstream, sections, state)
+    for stage in STAGES:
+        name = stage.name
+        key = _stage_key(stage, ctx, state)
         cached = state.get(name)
-        if cached and cached["key"] == key and cached.get("complete", True):
-            ctx.results[name] = cached["result"]
+        result = _cached(stage, cached, key)
+        if result is not None:
+            ctx.results[name] = result
             if progress:
                 print(f"[{name}] cached ({cached['seconds']:.1f} s when it ran)")
             continue
-        ctx.resuming = bool(cached and cached["key"] == key)
+        # same inputs, stopped early (an interrupted training): continue it rather than start again
+        ctx.resuming = bool(cached and cached["key"] == key and not cached.get("complete", True))
         if progress:
             print(f"[{name}] {'resuming' if ctx.resuming else 'running'}")
         started = time.perf_counter()
-        result = fn(ctx)
+        result = stage.run(ctx)
         ctx.results[name] = result
-        state[name] = {"key": key, "result": result, "seconds": time.perf_counter() - started,
-                       "finished": time.time(), "complete": result.get("complete", True)}
+        state[name] = {"key": key, "result": result.to_json(), "seconds": time.perf_counter() - started,
+                       "finished": time.time(), "complete": result.complete}
         for later in _downstream(name):
             state.pop(later, None)  # what read this stage's old outputs must be redone
         write_json_atomic(state_path, state)
-        if not state[name]["complete"]:
+        if not result.complete:
             raise QDMError(f"stage {name} stopped before the end; run the same command again to continue")
     return state

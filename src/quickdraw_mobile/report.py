@@ -11,7 +11,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .bench.report import markdown_table
 from .fileio import write_json_atomic, write_text_atomic
+from .results import (
+    BenchResult,
+    DataResult,
+    EvalResult,
+    ExportedArtifact,
+    ExportResult,
+    QuantizeResult,
+    RunResults,
+    TrainResult,
+)
 
 
 def _pct(value: float) -> str:
@@ -43,55 +54,58 @@ def _source(*files: str) -> list[str]:
     return [f"_Numbers from: {', '.join(files)}._", ""]
 
 
-def _data(out: Path, data: dict) -> list[str]:
+def _data(out: Path, data: DataResult) -> list[str]:
+    split = data.split
     return [
         "## Data", "",
         *_source("stage `data` (`pipeline.json`)"),
-        f"- store: `{_rel(out, data['store'])}` (source: {', '.join(data['sources'])})",
-        f"- {len(data['classes'])} classes, {data['drawings']:,} drawings; split train {data['split']['train']:,}"
-        f" / val {data['split']['val']:,} / test {data['split']['test']:,} (test never used for model selection)",
-        f"- classes: {', '.join(data['classes'])}",
+        f"- store: `{_rel(out, data.store)}` (source: {', '.join(data.sources)})",
+        f"- {len(data.classes)} classes, {data.drawings:,} drawings; split train {split['train']:,}"
+        f" / val {split['val']:,} / test {split['test']:,} (test never used for model selection)",
+        f"- classes: {', '.join(data.classes)}",
         "",
     ]
 
 
-def _training(out: Path, trained: dict, eval_dir: Path) -> list[str]:
+def _training(out: Path, trained: TrainResult, eval_dir: Path) -> list[str]:
+    run = trained.run
     return [
         "## Training", "",
-        *_source("stage `train` (`train/train_summary.json`, curves from `train/metrics.csv`)"),
+        *_source(f"stage `train` (`{_rel(out, run.summary_path)}`, curves from `{_rel(out, run.metrics_path)}`)"),
         "| model | params | MACs (1×28×28) | epochs | best val top-1 | best epoch | train time |",
         "|---|---|---|---|---|---|---|",
-        f"| {trained['model']} | {trained['params']:,} | {trained['macs']:,} | {trained['epochs_done']} | "
-        f"{_pct(trained['best_val_top1'])} | {trained['best_epoch']} | {trained['train_seconds_this_call']:.0f} s |",
+        f"| {trained.model} | {trained.params:,} | {trained.macs:,} | {trained.epochs_done} | "
+        f"{_pct(trained.best_val_top1)} | {trained.best_epoch} | {trained.seconds:.0f} s |",
         "",
         *_image(out, eval_dir / "training_curves.png", "training curves"),
     ]
 
 
-def _evaluation(out: Path, evaluated: dict, eval_dir: Path) -> list[str]:
+def _evaluation(out: Path, evaluated: EvalResult) -> list[str]:
+    eval_dir = evaluated.dir
     return [
         "## Evaluation", "",
-        *_source(f"stage `evaluate` (`{_rel(out, eval_dir / 'metrics.json')}`)"),
-        f"On the **{evaluated['split']}** split ({evaluated['n']:,} drawings):",
+        *_source(f"stage `evaluate` (`{_rel(out, evaluated.metrics_path)}`)"),
+        f"On the **{evaluated.split}** split ({evaluated.n:,} drawings):",
         "",
         "| top-1 | top-5 | MAP@3 | macro precision | macro recall | macro F1 |",
         "|---|---|---|---|---|---|",
-        f"| {_pct(evaluated['top1'])} | {_pct(evaluated['top5'])} | {evaluated['map3']:.4f} | "
-        f"{evaluated['macro_precision']:.4f} | {evaluated['macro_recall']:.4f} | {evaluated['macro_f1']:.4f} |",
+        f"| {_pct(evaluated.top1)} | {_pct(evaluated.top5)} | {evaluated.map3:.4f} | "
+        f"{evaluated.macro_precision:.4f} | {evaluated.macro_recall:.4f} | {evaluated.macro_f1:.4f} |",
         "",
         *_image(out, eval_dir / "per_class_accuracy.png", "per-class accuracy"),
         *_image(out, eval_dir / "worst_confusion.png", "confusion of the worst classes"),
     ]
 
 
-def _quantization(out: Path, quantized: dict) -> list[str]:
-    size_plot, latency_plot = quantized["plots"]
-    methods = ", ".join(f"`{_rel(out, Path(quantized['dir']) / r['artifact'])}`" for r in quantized["rows"])
+def _quantization(out: Path, quantized: QuantizeResult) -> list[str]:
+    size_plot, latency_plot = quantized.plots
+    methods = ", ".join(f"`{_rel(out, quantized.dir / r['artifact'])}`" for r in quantized.rows)
     return [
         "## Quantization", "",
-        *_source(f"stage `quantize` (`{_rel(out, quantized['comparison'])}`, table: "
-                 f"`{_rel(out, quantized['markdown'])}`)"),
-        *_embed(Path(quantized["markdown"]).read_text(encoding="utf-8")),
+        *_source(f"stage `quantize` (`{_rel(out, quantized.comparison)}`, table: "
+                 f"`{_rel(out, quantized.markdown)}`)"),
+        *_embed(quantized.markdown.read_text(encoding="utf-8")),
         f"Artifacts, one per method: {methods}.",
         "",
         *_image(out, size_plot, "accuracy against size"),
@@ -99,9 +113,9 @@ def _quantization(out: Path, quantized: dict) -> list[str]:
     ]
 
 
-def _ops(artifact: dict) -> str:
+def _ops(artifact: ExportedArtifact) -> str:
     """Which runtime runs which operators: XNNPACK-delegated vs portable kernels, or ONNX Runtime's provider."""
-    ops = artifact["ops"]
+    ops = artifact.ops
     if "delegated_ops" in ops:
         outside = ops["not_delegated_ops"]
         rest = ", ".join(f"{op} ×{n}" for op, n in outside.items()) or "none"
@@ -109,8 +123,8 @@ def _ops(artifact: dict) -> str:
     return f"all {sum(ops['ops'].values())} nodes ({len(ops['ops'])} op types) on {ops['provider']}"
 
 
-def _export(out: Path, exported: dict) -> list[str]:
-    artifacts = exported["artifacts"]
+def _export(out: Path, exported: ExportResult) -> list[str]:
+    artifacts = exported.artifacts
     lines = [
         "## Export", "",
         *_source("stage `export` (`<artifact>.metadata.json` beside each file; verification in the artifact's "
@@ -120,49 +134,46 @@ def _export(out: Path, exported: dict) -> list[str]:
         "|---|---|---|---:|---:|---:|---:|---|",
     ]
     for a in artifacts:
-        check = a["verification"]
-        lines.append(f"| `{_rel(out, a['path'])}` | {a['runtime']} | {a['quant']} | {a['bytes'] / 1e3:,.1f} KB | "
+        check = a.verification
+        lines.append(f"| `{_rel(out, a.path)}` | {a.runtime} | {a.quant} | {a.bytes / 1e3:,.1f} KB | "
                      f"{_pct(check['top1_agreement'])} ({check['disagreements']} of {check['drawings']} differ) | "
                      f"{check['max_abs_logit_diff']:.3g} | {_pct(check['exported_top1'])} / "
                      f"{_pct(check['eager_top1'])} | {_ops(a)} |")
-    lines += ["", f"Verified on {artifacts[0]['verification']['source']}." if artifacts else "", ""]
-    calibrated = next((a["calibration"] for a in artifacts if a["calibration"]), None)
+    lines += ["", f"Verified on {artifacts[0].verification['source']}." if artifacts else "", ""]
+    calibrated = next((a.calibration for a in artifacts if a.calibration), None)
     if calibrated:
         lines += [f"INT8 calibration: {calibrated['source']}, seed {calibrated['seed']}.", ""]
     for a in artifacts:
-        if a["lowering"]:
-            lines += [f"Lowering of `{_rel(out, a['path'])}`:", "", *[f"- {line}" for line in a["lowering"]], ""]
+        if a.lowering:
+            lines += [f"Lowering of `{_rel(out, a.path)}`:", "", *[f"- {line}" for line in a.lowering], ""]
     return lines
 
 
-def _bench(out: Path, benched: dict) -> list[str]:
-    from .bench.report import markdown_table
-
+def _bench(out: Path, benched: BenchResult) -> list[str]:
     return [
         "## Benchmark", "",
-        *_source(f"stage `bench` (`{_rel(out, benched['json'])}`; the eager run folder and the export stage's "
+        *_source(f"stage `bench` (`{_rel(out, benched.json_path)}`; the eager run folder and the export stage's "
                  "files, each in its own runtime)"),
-        *_embed(markdown_table(benched)),
-        *_image(out, benched["plot"], "latency and size per runtime"),
+        *_embed(markdown_table(benched.bench)),
+        *_image(out, benched.plot_path, "latency and size per runtime"),
     ]
 
 
-def write_report(out: Path, results: dict, config: dict) -> dict[str, Path]:
-    eval_dir = Path(results["evaluate"]["dir"])
+def write_report(out: Path, results: RunResults, config: dict) -> dict[str, Path]:
     lines = [
         "# QuickDraw Mobile run report",
         "",
         f"Made by `qdm run` into `{out}`; every number below comes from the stage named in its section "
         "(all stage results: `pipeline.json` and `report.json`).",
         "",
-        *_data(out, results["data"]),
-        *_training(out, results["train"], eval_dir),
-        *_evaluation(out, results["evaluate"], eval_dir),
-        *_quantization(out, results["quantize"]),
-        *_export(out, results["export"]),
-        *_bench(out, results["bench"]),
+        *_data(out, results.data),
+        *_training(out, results.train, results.evaluate.dir),
+        *_evaluation(out, results.evaluate),
+        *_quantization(out, results.quantize),
+        *_export(out, results.export),
+        *_bench(out, results.bench),
     ]
     paths = {"markdown": out / "report.md", "json": out / "report.json"}
     write_text_atomic(paths["markdown"], "\n".join(lines))
-    write_json_atomic(paths["json"], {"config": config, **results})
+    write_json_atomic(paths["json"], {"config": config, **results.to_json()})
     return paths

@@ -35,10 +35,9 @@ from tqdm.auto import tqdm
 from ..artifact_names import export_file_name
 from ..errors import QDMError
 from ..export.selfcheck import check_finite
-from ..modelref import DEFAULT, is_artifact, load_model, resolve_run_dir
+from ..modelref import DEFAULT, is_artifact, load_model
 from ..models.profile import count_macs
 from ..options import CALIBRATION_SIZE
-from ..train import checkpoint as ckpt
 from .latency import RunFn, latency, peak_gmacs, throughput
 from .memory import peak_memory
 from .native import find_native, native_predictions, native_row
@@ -68,8 +67,7 @@ def eager_subject(model_ref: str) -> Subject:
         torch.set_num_threads(threads)
         return lambda x: model(torch.from_numpy(x))
 
-    weights = resolve_run_dir(model_ref) / ckpt.WEIGHTS
-    return Subject(f"{RUNTIME_NAMES['pytorch']} FP32", "pytorch", "none", str(model_ref), weights,
+    return Subject(f"{RUNTIME_NAMES['pytorch']} FP32", "pytorch", "none", str(model_ref), loaded.run.weights_path,
                    count_macs(model), loaded.labels, open_eager)
 
 

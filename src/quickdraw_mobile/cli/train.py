@@ -92,7 +92,8 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from ..fileio import json_text
-    from ..train import load_config, train
+    from ..train import load_config
+    from ..train.loop import train
 
     overrides = _overrides(args)
     if args.resume:

@@ -11,7 +11,6 @@ from ..errors import QDMError
 from ..fileio import write_json_atomic
 from ..inference import logits_for_split
 from ..modelref import load_model
-from ..train import checkpoint as ckpt
 from .metrics import compute_metrics
 from .plots import write_all_plots
 
@@ -34,6 +33,6 @@ def evaluate(model_ref: str | Path, data_dir: str | Path, out: str | Path, split
     write_json_atomic(out / "metrics.json", metrics)
     if plots:
         images, _ = data.materialize()
-        history = loaded.source / ckpt.METRICS
+        history = loaded.run.metrics_path
         write_all_plots(metrics, np.asarray(images), out, training_rows=history if history.exists() else None)
     return metrics

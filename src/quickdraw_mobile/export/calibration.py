@@ -16,9 +16,9 @@ import numpy as np
 
 from ..data.store import Split, Store, balanced_subset, check_bitmap_array
 from ..errors import QDMError
-from ..modelref import resolve_run_dir
+from ..modelref import resolve_run
 from ..options import CALIBRATION_SIZE
-from ..train import checkpoint as ckpt
+from ..runfolder import RunFolder
 from ..train.config import load_config
 
 CALIBRATION_FILE = "calibration.npz"
@@ -33,11 +33,12 @@ class Drawings:
     source: str  # where they come from, for metadata and reports
 
 
-def run_splits(run_dir: Path, data_dir: str | Path) -> dict[str, Split]:
-    """The train / val / test splits of ``data_dir`` exactly as the run at ``run_dir`` made them."""
-    cfg = load_config(run_dir / ckpt.CONFIG)
-    labels = ckpt.read_labels(run_dir / ckpt.LABELS)
-    return Store.open(data_dir).model_splits(cfg.split_spec(), labels, "use the data the model was trained on")
+def run_splits(run: RunFolder | str | Path, data_dir: str | Path) -> dict[str, Split]:
+    """The train / val / test splits of ``data_dir`` exactly as the run folder ``run`` made them."""
+    run = run if isinstance(run, RunFolder) else RunFolder(run)
+    cfg = load_config(run.config_path)
+    return Store.open(data_dir).model_splits(cfg.split_spec(), run.read_labels(),
+                                             "use the data the model was trained on")
 
 
 def load_drawings(path: Path, num_classes: int) -> Drawings:
@@ -54,14 +55,10 @@ def load_drawings(path: Path, num_classes: int) -> Drawings:
     return Drawings(pixels, labels, str(path))
 
 
-def _num_classes(run_dir: Path) -> int:
-    return len(ckpt.read_labels(run_dir / ckpt.LABELS))
-
-
-def _bundled(run_dir: Path, name: str, data_flag_use: str) -> Path:
-    path = run_dir / name
+def _bundled(run: RunFolder, name: str, data_flag_use: str) -> Path:
+    path = run.root / name
     if not path.is_file():
-        raise QDMError(f"--data: required for {run_dir} ({data_flag_use} uses the run's own splits; "
+        raise QDMError(f"--data: required for {run.root} ({data_flag_use} uses the run's own splits; "
                        f"the run folder has no {name})")
     return path
 
@@ -71,30 +68,30 @@ def calibration_set(model_ref: str | Path, data_dir: str | Path | None = None, n
     """``n`` class-balanced drawings of the run's training split (or its bundled calibration.npz)."""
     if n < 1:
         raise QDMError(f"--calib: expected a positive number of drawings, got {n}")
-    run_dir = resolve_run_dir(model_ref)
+    run = resolve_run(model_ref)
     if data_dir is not None:
-        train = run_splits(run_dir, data_dir)["train"]
+        train = run_splits(run, data_dir)["train"]
         pixels, labels = train.gather(train.balanced_indices(n, seed=seed))
         return Drawings(pixels, labels, f"{data_dir} (training split, {len(pixels)} class-balanced drawings)")
-    drawings = load_drawings(_bundled(run_dir, CALIBRATION_FILE, "calibration"), _num_classes(run_dir))
+    drawings = load_drawings(_bundled(run, CALIBRATION_FILE, "calibration"), len(run.read_labels()))
     keep = balanced_subset(drawings.labels, n, seed)
     return Drawings(drawings.pixels[keep], drawings.labels[keep],
-                    f"{CALIBRATION_FILE} of {run_dir.name} (training split, {len(keep)} class-balanced drawings)")
+                    f"{CALIBRATION_FILE} of {run.root.name} (training split, {len(keep)} class-balanced drawings)")
 
 
 def verification_set(model_ref: str | Path, data_dir: str | Path | None = None,
                      max_drawings: int = VERIFY_MAX) -> Drawings:
     """The run's test split of ``data_dir`` (all of it up to ``max_drawings``, else a class-balanced sample of
     that many), or without data its bundled sample.npz."""
-    run_dir = resolve_run_dir(model_ref)
+    run = resolve_run(model_ref)
     if data_dir is not None:
-        test = run_splits(run_dir, data_dir)["test"].nonempty(data_dir)
+        test = run_splits(run, data_dir)["test"].nonempty(data_dir)
         if len(test) <= max_drawings:
             pixels, labels = test.materialize()
             return Drawings(pixels, labels, f"{data_dir} (test split, {len(pixels)} drawings)")
         pixels, labels = test.gather(test.balanced_indices(max_drawings, seed=0))
         return Drawings(pixels, labels, f"{data_dir} (test split, {len(pixels)} class-balanced of {len(test)} "
                                         "drawings)")
-    drawings = load_drawings(_bundled(run_dir, SAMPLE_FILE, "verification"), _num_classes(run_dir))
-    drawings.source = f"{SAMPLE_FILE} of {run_dir.name} (test split sample, {len(drawings.pixels)} drawings)"
+    drawings = load_drawings(_bundled(run, SAMPLE_FILE, "verification"), len(run.read_labels()))
+    drawings.source = f"{SAMPLE_FILE} of {run.root.name} (test split sample, {len(drawings.pixels)} drawings)"
     return drawings

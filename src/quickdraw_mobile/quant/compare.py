@@ -38,7 +38,7 @@ from ..export.calibration import calibration_set, run_splits, verification_set
 from ..export.selfcheck import check_finite
 from ..fileio import ensure_dir, os_error_reason, write_json_atomic, write_text_atomic
 from ..inference import logits_for_pixels
-from ..modelref import describe_model, load_model, resolve_run_dir
+from ..modelref import describe_model, load_model
 from ..options import CALIBRATION_SIZE
 from .artifact import save_pte
 from .finetune import TrainingData
@@ -86,7 +86,7 @@ def compare(model_ref: str | Path, methods: list[str], out: str | Path, data_dir
     loaded = load_model(model_ref)
     calibration = calibration_set(model_ref, data_dir, calib, seed)
     test = verification_set(model_ref, data_dir)
-    train = (TrainingData(run_splits(resolve_run_dir(model_ref), data_dir)["train"], loaded.config)
+    train = (TrainingData(run_splits(loaded.run, data_dir)["train"], loaded.config)
              if needs_data else None)
     # NaN weights and the like: refused before any method runs (INT8 calibration fails obscurely on NaN)
     check_finite(logits_for_pixels(loaded.model, calibration.pixels), f"{model_ref}: the model",

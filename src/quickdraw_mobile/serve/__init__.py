@@ -11,6 +11,10 @@ import os
 import sys
 from pathlib import Path
 
+from ..errors import QDMError
+from ..export.pipeline import export_model
+from ..fileio import sha256_file
+from ..modelref import resolve_run
 from .app import create_app
 
 __all__ = ["browser_model_for", "create_app", "default_cache_dir", "serve"]
@@ -32,13 +36,7 @@ def browser_model_for(model: str | Path, choice: str = AUTO, data_dir: str | Pat
         return None
     if choice != AUTO:
         return Path(choice)
-    from ..errors import QDMError
-    from ..export.pipeline import export_model
-    from ..fileio import sha256_file
-    from ..modelref import resolve_run_dir
-    from ..train import checkpoint as ckpt
-
-    weights = resolve_run_dir(model) / ckpt.WEIGHTS
+    weights = resolve_run(model).weights_path
     out = Path(cache_dir or default_cache_dir()) / sha256_file(weights)[:16] / BROWSER_MODEL_FILE
     if not out.is_file():
         print(f"exporting the browser model (INT8 ONNX) to {out} ...", file=sys.stderr, flush=True)

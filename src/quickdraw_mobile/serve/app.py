@@ -115,7 +115,7 @@ class Predictor:
         self.metadata = {
             "name": model["name"],
             "options": model["options"],
-            "run": loaded.source.name,
+            "run": loaded.run.root.name,
             "params": model["params"],
             "macs": model["macs"],
             "classes": len(loaded.labels),

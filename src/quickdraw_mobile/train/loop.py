@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .. import runfolder as ckpt
 from ..data.loader import BatchLoader
 from ..data.store import Store
 from ..errors import QDMError
@@ -42,8 +43,7 @@ from ..fileio import (
 from ..inference import logits_for_split
 from ..models import create_model
 from ..models.profile import count_macs, count_params
-from . import checkpoint as ckpt
-from . import distill
+from . import distill, teachers
 from .config import TrainConfig, load_config
 from .distributed import DistContext, all_reduce_sum, broadcast_flag, setup, teardown
 from .ema import ema_decay_at, ema_update
@@ -286,9 +286,9 @@ def _build_run(cfg, data_dir, out, ctx, state, progress, stop_requested) -> _Run
     total_steps = steps_per_epoch * cfg.epochs
     trainer = TrainStep(cfg, model, lambda step: lr_at(cfg, step, total_steps, steps_per_epoch),
                         class_counts=splits["train"].counts, state=state, rank=ctx.rank, distributed=ctx.enabled)
-    soft_table = (distill.soft_targets(cfg.distill, splits["train"], classes, out, ctx, resume=state is not None,
-                                       batch_size=cfg.eval_batch_size, bf16=cfg.bf16,
-                                       progress=progress and ctx.is_main, stop=stop_requested)
+    soft_table = (teachers.soft_targets(cfg.distill, splits["train"], classes, out, ctx, resume=state is not None,
+                                        batch_size=cfg.eval_batch_size, bf16=cfg.bf16,
+                                        progress=progress and ctx.is_main, stop=stop_requested)
                   if cfg.distill.enabled else None)
     return _Run(cfg, data_dir, out, ctx, progress, splits, trainer, loader, soft_table,
                 Position.restore(state, out), info)
@@ -422,7 +422,7 @@ def _train(cfg, data_dir, out, ctx, resume, epochs, progress, stop_after_steps, 
     summary = _summary(run, interrupted, stopped_early, started, cpu_started)
     if ctx.is_main and not interrupted:
         with _explain_write_failure(out, data_dir):
-            write_json_atomic(out / "train_summary.json", summary)
+            write_json_atomic(out / ckpt.SUMMARY, summary)
     return summary
 
 

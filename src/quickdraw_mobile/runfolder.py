@@ -1,4 +1,17 @@
-"""Run-folder files: atomic checkpoints (loaded with ``weights_only=True``), weights, labels, metrics."""
+"""The run folder ``qdm train`` writes and every other command reads: its file names, readers and writers.
+
+    config.yaml             the resolved training config (parsed by ``train.config.load_config``)
+    model.safetensors       the weights of the best epoch on validation
+    labels.txt              the class names, one a line, in logit order
+    metrics.csv             one row per finished epoch
+    train_summary.json      what the run did (model size, epochs, best validation top-1, time)
+    checkpoints/last.pt     the whole training state at its last save: what a resume continues from
+    checkpoints/best.pt     the same at the end of the best epoch
+
+Writes are atomic (``fileio``); checkpoints load with ``weights_only=True``. This module knows files, not
+training or models, so it sits below ``train`` and ``modelref``: training writes a run folder through it, and
+``modelref`` turns one into a model.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +19,85 @@ import csv
 import io
 import pickle
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
-from ..errors import QDMError
-from ..fileio import atomic_path, write_bytes_atomic, write_text_atomic
+from .errors import QDMError
+from .fileio import atomic_path, write_bytes_atomic, write_text_atomic
 
+CONFIG = "config.yaml"
+WEIGHTS = "model.safetensors"
+LABELS = "labels.txt"
+METRICS = "metrics.csv"
+SUMMARY = "train_summary.json"
 CHECKPOINTS = "checkpoints"
 LAST = "last.pt"
 BEST = "best.pt"
-WEIGHTS = "model.safetensors"
-LABELS = "labels.txt"
-CONFIG = "config.yaml"
-METRICS = "metrics.csv"
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """A run folder's paths, and readers of the files a trained model is loaded from."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / CONFIG
+
+    @property
+    def weights_path(self) -> Path:
+        return self.root / WEIGHTS
+
+    @property
+    def labels_path(self) -> Path:
+        return self.root / LABELS
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.root / METRICS
+
+    @property
+    def summary_path(self) -> Path:
+        return self.root / SUMMARY
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.root / CHECKPOINTS
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints_dir / LAST
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.checkpoints_dir / BEST
+
+    def exists(self) -> bool:
+        return self.root.is_dir()
+
+    def check(self) -> RunFolder:
+        """This folder, if it holds what a model is loaded from (config, labels, weights); else a one-line error
+        naming what is missing."""
+        if not self.exists():
+            raise QDMError(f"{self.root}: no such run folder (expected a folder made by 'qdm train')")
+        for path in (self.config_path, self.labels_path, self.weights_path):
+            if not path.exists():
+                raise QDMError(f"{path}: missing; {self.root} is not a complete run folder")
+        return self
+
+    def read_labels(self) -> list[str]:
+        return read_labels(self.labels_path)
+
+    def load_weights(self) -> dict[str, torch.Tensor]:
+        return load_weights(self.weights_path)
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
