@@ -143,6 +143,31 @@ def _check_batch(subjects: list[Subject], batch: int) -> None:
             raise QDMError(f"--batch: {s.ref} takes batches of at most {s.max_batch}, got {batch}")
 
 
+def _with_exports(given: list[Subject], out: Path, data_dir, calib: int) -> list[Subject]:
+    """The subjects with each run folder's exported files right after it."""
+    subjects = []
+    for s in given:
+        subjects.append(s)
+        if s.runtime == "pytorch":
+            subjects += [artifact_subject(p) for p in export_subjects(s.ref, out, data_dir, calib)]
+    return subjects
+
+
+def _measure(s: Subject, threads: list[int], x_one: np.ndarray, x_batch: np.ndarray, runs: int,
+             warmup: int) -> dict:
+    """One subject's row: latency (one drawing), throughput (a batch) and GMAC/s on each thread count."""
+    row: dict = {"name": s.name, "runtime": s.runtime, "quant": s.quant, "path": s.ref,
+                 "size_bytes": s.size_path.stat().st_size, "macs": s.macs, "classes": len(s.labels),
+                 "latency": {}, "throughput": {}, "gmacs": {}}
+    for t in threads:
+        run = s.open(t)  # ExecuTorch: resizes its process-wide thread pool, then loads
+        lat = latency(run, x_one, runs=runs, warmup=warmup)
+        row["latency"][str(t)] = lat
+        row["throughput"][str(t)] = throughput(run, x_batch, runs=max(5, runs // 10), warmup=max(1, warmup // 5))
+        row["gmacs"][str(t)] = s.macs / (lat["p50_ms"] / 1e3) / 1e9
+    return row
+
+
 def run_bench(refs: list[str], out: str | Path, data_dir: str | Path | None = None, runs: int = 200,
               warmup: int = 20, batch: int = 32, threads: list[int] | None = None, memory: bool = True,
               export: bool = True, calib: int = CALIBRATION_SIZE, native: bool = True) -> dict:
@@ -174,12 +199,7 @@ def run_bench(refs: list[str], out: str | Path, data_dir: str | Path | None = No
             with torch.inference_mode():
                 check_finite(np.asarray(s.open(max(threads))(x_batch)), f"{s.ref}: the model", "benchmark drawings")
         if export:  # each run folder's exports follow it; each export checks its own file's logits
-            subjects = []
-            for s in given:
-                subjects.append(s)
-                if s.runtime == "pytorch":
-                    subjects += [artifact_subject(p) for p in export_subjects(s.ref, out / "artifacts", data_dir,
-                                                                              calib)]
+            subjects = _with_exports(given, out / "artifacts", data_dir, calib)
             _check_batch(subjects, batch)
         names = [s.name for s in subjects]
         for s in subjects:  # two files of the same kind: tell them apart by file name
@@ -188,16 +208,7 @@ def run_bench(refs: list[str], out: str | Path, data_dir: str | Path | None = No
         peaks = {str(t): peak_gmacs(t) for t in threads}
         with torch.inference_mode():
             for s in tqdm(subjects, desc="bench", unit="runtime"):
-                row: dict = {"name": s.name, "runtime": s.runtime, "quant": s.quant, "path": s.ref,
-                             "size_bytes": s.size_path.stat().st_size, "macs": s.macs, "classes": len(s.labels),
-                             "latency": {}, "throughput": {}, "gmacs": {}}
-                for t in threads:
-                    run = s.open(t)  # ExecuTorch: resizes its process-wide thread pool, then loads
-                    lat = latency(run, x_one, runs=runs, warmup=warmup)
-                    row["latency"][str(t)] = lat
-                    row["throughput"][str(t)] = throughput(run, x_batch, runs=max(5, runs // 10),
-                                                           warmup=max(1, warmup // 5))
-                    row["gmacs"][str(t)] = s.macs / (lat["p50_ms"] / 1e3) / 1e9
+                row = _measure(s, threads, x_one, x_batch, runs, warmup)
                 if memory:
                     row["memory"] = peak_memory(s.ref)
                 results.append(row)

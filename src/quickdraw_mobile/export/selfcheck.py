@@ -17,15 +17,24 @@ from __future__ import annotations
 
 import math
 import re
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from ..data.render import PIXELS
 from ..errors import QDMError
 
-if TYPE_CHECKING:
-    from .runtime import Artifact
+
+class Runnable(Protocol):
+    """What the self-check needs of a loaded artifact (``export.runtime.Artifact``; not imported: it reads the
+    metadata, whose checks live here)."""
+
+    path: Path
+    metadata: dict
+
+    def run_pixels(self, pixels: np.ndarray) -> np.ndarray: ...
+
 
 SELFCHECK_VERSION = 1
 MAX_DRAWINGS = 16
@@ -98,7 +107,7 @@ def decode_bitmaps(selfcheck: dict) -> np.ndarray:
     return np.stack([np.frombuffer(bytes.fromhex(b), dtype=np.uint8) for b in selfcheck["bitmaps"]])
 
 
-def run_selfcheck(artifact: Artifact) -> dict:
+def run_selfcheck(artifact: Runnable) -> dict:
     """Run the stored drawings through ``artifact`` (in this process's runtime) and compare with the stored answers."""
     selfcheck = artifact.metadata.get("selfcheck")
     if selfcheck is None:
