@@ -412,12 +412,36 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+METHODS = "{methods}"  # replaced in help texts by the quantization methods, read from their registry
+
+
+class _MethodsHelp(argparse.HelpFormatter):
+    """Help that names the quantization methods: read from the registry only when help is shown (it loads torch)."""
+
+    def _format_text(self, text: str) -> str:
+        return super()._format_text(_with_methods(text))
+
+    def _expand_help(self, action: argparse.Action) -> str:
+        return _with_methods(super()._expand_help(action))
+
+
+def _with_methods(text: str) -> str:
+    if METHODS not in text:
+        return text
+    from .quant.registry import method_names_help
+
+    return text.replace(METHODS, method_names_help())
+
+
 def _add_export_parsers(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser(
         "export",
-        help="export to ExecuTorch .pte (XNNPACK) or ONNX, FP32 or INT8, verified in its own runtime",
+        help="export to ExecuTorch .pte (XNNPACK) or ONNX, FP32 or quantized, verified in its own runtime",
+        formatter_class=_MethodsHelp,
         description="Export a model for phones: --format pte (ExecuTorch, XNNPACK delegate) or onnx; --quant none "
-        "(FP32) or int8 (static quantization calibrated on class-balanced training drawings). The file is "
+        "(FP32), int8 (static quantization calibrated on class-balanced training drawings; for a .pte it is "
+        "int8-ptq) or, for a .pte, any method of 'qdm quantize', whose artifact in that study this file then is "
+        "(same calibration drawings, same seed). The file is "
         "loaded in its own runtime and compared with the eager model on real test drawings before it is written "
         "(an FP32 export that changes more than 0.5%% of top-1 answers is an error). Beside it: "
         "FILE.metadata.json (the exact input contract, classes, how it was made and verified) and "
@@ -425,12 +449,13 @@ def _add_export_parsers(verbs: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", required=True, help="run folder or 'default'")
     p.add_argument("--format", required=True, help="pte or onnx")
-    p.add_argument("--quant", default="none", help="none (FP32, default) or int8")
+    p.add_argument("--quant", default="none", help=f"none (FP32, default), int8 (= int8-ptq for a .pte) or, for a "
+                   f".pte, a method of 'qdm quantize': {METHODS}")
     p.add_argument("--out", required=True, help="output file (.pte or .onnx)")
     p.add_argument("--data", default=None, help="the store the model was trained on (required for run folders: "
                    "calibration and verification use the run's own training and test splits); for 'default', "
                    "its bundled real samples are used when omitted")
-    p.add_argument("--calib", type=int, default=2048, help="calibration drawings for int8 (default 2048)")
+    p.add_argument("--calib", type=int, default=2048, help="calibration drawings (default 2048)")
     p.add_argument("--seed", type=int, default=0, help="which calibration drawings are picked (default 0)")
     p.set_defaults(func=_cmd_export)
 
@@ -476,18 +501,18 @@ def _add_quantize_parser(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser(
         "quantize",
         help="compare quantization methods side by side (INT8, 4-bit, mixed, pruned)",
+        formatter_class=_MethodsHelp,
         description="Apply each method to the model with the same calibration drawings (class-balanced, from its "
         "training split), write its deployable artifact (ExecuTorch .pte, XNNPACK) and measure it in its "
         "runtime on the same test split: top-1, top-5, change against fp32, size on disk, single-drawing "
-        "latency p50, peak memory. Methods: fp32, int8-ptq, int8-smoothquant, int8-qat, int8-mixed, int4-rtn, "
-        "int4-gptq, int4-awq, pruned. Writes comparison.json, comparison.md, accuracy_vs_size.png, "
+        "latency p50, peak memory. Methods: " + METHODS + ". Writes comparison.json, comparison.md, accuracy_vs_size.png, "
         "accuracy_vs_latency.png and artifacts/.",
     )
     p.add_argument("--model", required=True, help="run folder or 'default'")
     p.add_argument("--methods", default="all", help="'all' (default) or a comma-separated list of methods")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--data", default=None, help="the store the model was trained on: calibration and fine-tuning "
-                   "use its training split, scores its test split (required for int8-qat and pruned; for "
+                   "use its training split, scores its test split (required for the methods that fine-tune; for "
                    "'default' without it, the bundled real samples are used)")
     p.add_argument("--calib", type=int, default=2048, help="calibration drawings (default 2048)")
     p.add_argument("--seed", type=int, default=0, help="picks the calibration drawings and seeds fine-tuning")
