@@ -55,7 +55,7 @@ def summary(notes: dict) -> str:
 
 @register_method("int8-mixed", MixedConfig, order=40, bits=8, summary=summary,
                  description="int8-ptq with the most sensitive layers (measured one by one) kept float until the "
-                 "top-1 drop is at most max_drop")
+                 f"top-1 drop is at most {MixedConfig.max_drop} points (max_drop)")
 def apply(model: nn.Module, config: MixedConfig, calib: torch.Tensor, *, labels: torch.Tensor | None = None,
           **_) -> QuantizedModel:
     fp32_logits = _logits(model, calib)
