@@ -136,6 +136,7 @@ def test_metadata_and_labels_state_the_contract(tiny_run, tiny_store, tmp_path):
     stated = (levels / 255.0 - contract["mean"]) / contract["std"]
     np.testing.assert_allclose(normalize(levels).reshape(-1).numpy(), stated.reshape(-1), atol=1e-6)
     assert meta["model"]["name"] == "cnn_small" and meta["model"]["macs"] > 0
+    assert meta["artifact"]["quant"] == "none" and meta["artifact"]["method"] == "fp32"
     assert read_metadata(out)[1] == TINY_CLASSES
 
 
