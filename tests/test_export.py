@@ -132,6 +132,7 @@ def test_metadata_and_labels_state_the_contract(tiny_run, tiny_store, tmp_path):
     stated = (levels / 255.0 - contract["mean"]) / contract["std"]
     np.testing.assert_allclose(normalize(levels).reshape(-1).numpy(), stated.reshape(-1), atol=1e-6)
     assert meta["model"]["name"] == "cnn_small" and meta["model"]["macs"] > 0
+    assert meta["artifact"]["quant"] == "none" and meta["artifact"]["method"] == "fp32"
     assert read_metadata(out)[1] == TINY_CLASSES
 
 
@@ -185,8 +186,12 @@ def test_balanced_subset_spreads_over_classes():
 def test_unknown_format_quant_and_suffix(tiny_run, tmp_path):
     with pytest.raises(QDMError, match=r"--format: expected one of pte, onnx, got 'tflite'"):
         export_model(tiny_run, "tflite", "none", tmp_path / "m.tflite")
-    with pytest.raises(QDMError, match=r"--quant: expected one of none, int8, got 'int4'"):
+    with pytest.raises(QDMError, match=r"--quant: unknown quantization method 'int4' \(did you mean 'int4-\w+'\?\)"):
         export_model(tiny_run, "pte", "int4", tmp_path / "m.pte")
+    with pytest.raises(QDMError, match=r"--quant: expected none or int8 for --format onnx"):
+        export_model(tiny_run, "onnx", "int4-rtn", tmp_path / "m.onnx")
+    with pytest.raises(QDMError, match="--data: required for int8-qat"):
+        export_model(tiny_run, "pte", "int8-qat", tmp_path / "m.pte")
     with pytest.raises(QDMError, match=r"--out: expected a file name ending in \.onnx"):
         export_model(tiny_run, "onnx", "none", tmp_path / "m.pte")
     with pytest.raises(QDMError, match="--data: required"):
@@ -206,10 +211,10 @@ class CumMax(nn.Module):
         return self.head(torch.cummax(x, dim=-1).values.mean(dim=(1, 2)))
 
 
-@pytest.mark.parametrize("convert", [to_pte, to_onnx])
+@pytest.mark.parametrize("convert", [to_pte, lambda model: to_onnx(model, "none")])
 def test_a_model_that_fails_to_export_names_the_operator(convert):
     with pytest.raises(QDMError, match=r"failed at operator aten\.cummax") as info:
-        convert(CumMax(), "none")
+        convert(CumMax())
     assert "\n" not in str(info.value)
 
 
@@ -365,3 +370,52 @@ def test_describe_model_is_the_metadata_model_section():
     assert info == {"name": loaded.config.model, "options": loaded.config.model_kwargs, "source": "default",
                     "params": count_params(loaded.model), "macs": count_macs(loaded.model)}
     assert list(info) == ["name", "options", "source", "params", "macs"]  # the order metadata.json has
+
+
+# ------------------------------------------------------------------------------------ one INT8 path
+
+
+def _float_adds(graph: torch.fx.GraphModule) -> tuple[int, int]:
+    """(adds whose output stays float, adds whose output is quantized) in a converted PT2E graph."""
+    adds = [n for n in graph.graph.nodes if n.op == "call_function" and n.target == torch.ops.aten.add.Tensor]
+    quantized = [n for n in adds if any("quantize_per_tensor" in str(u.target) for u in n.users)]
+    return len(adds) - len(quantized), len(quantized)
+
+
+def test_vit_int8_export_is_the_study_int8_ptq_with_float_residual_adds(tmp_path):
+    """`qdm export --quant int8` of a ViT is the artifact of the int8-ptq row of `qdm quantize`, byte for byte,
+    and its residual adds stay float (an all-INT8 ViT collapses); every method of the study exports."""
+    from quickdraw_mobile.data.embedded import embedded_store
+    from quickdraw_mobile.quant import quantize
+    from quickdraw_mobile.quant.compare import compare
+
+    store = embedded_store()
+    run = random_run(tmp_path / "run", "vit_tiny")
+    assert qdm(["export", "--model", str(run), "--format", "pte", "--quant", "int8", "--calib", "64",
+                "--data", str(store), "--out", str(tmp_path / "int8.pte")]) == 0
+    meta, _ = read_metadata(tmp_path / "int8.pte")
+    rows = compare(run, ["int8-ptq"], tmp_path / "study", data_dir=store, calib=64, runs=2, memory=False)
+    study = tmp_path / "study" / rows[0]["artifact"]
+    assert (tmp_path / "int8.pte").read_bytes() == study.read_bytes()
+    assert meta["artifact"]["method"] == "int8-ptq" == read_metadata(study)[0]["artifact"]["method"]
+    assert meta["artifact"]["quant"] == "int8" and load_artifact(tmp_path / "int8.pte").quant == "int8"
+    assert rows[0]["top1"] == pytest.approx(100 * meta["verification"]["exported_top1"])
+    assert meta["export"]["notes"]["residual_adds"] == "float" == rows[0]["notes"]["residual_adds"]
+    assert meta["export"]["calibration"]["drawings"] == 64
+
+    # the graph both files were lowered from: every add (residual and position embedding) left in float
+    pixels = calibration_set(run, store, n=64, seed=0).pixels
+    graph = quantize(load_model(run).model, "int8-ptq", normalize(pixels), seed=0).model
+    floating, quantized = _float_adds(graph)
+    assert floating >= 2 * SMALL_MODEL_OPTIONS["vit_tiny"]["depth"] and quantized == 0
+    all_int8 = quantize(load_model(run).model, "int8-ptq", normalize(pixels), float_residual_adds=False).model
+    assert _float_adds(all_int8)[1] >= 2 * SMALL_MODEL_OPTIONS["vit_tiny"]["depth"]  # the check can fail
+
+
+def test_export_of_an_int4_method_states_it(tiny_run, tiny_store, tmp_path):
+    meta = export_model(tiny_run, "pte", "int4-rtn", tmp_path / "w4.pte", data_dir=tiny_store, calib=64)
+    assert meta["artifact"]["quant"] == "int4" and meta["artifact"]["method"] == "int4-rtn"
+    assert meta["export"]["bits"] == 4 and meta["export"]["notes"]["int4_layers"] == ["head"]
+    assert meta["verification"]["top1_agreement"] >= 0.9
+    assert load_artifact(tmp_path / "w4.pte").run_pixels(run_splits(tiny_run, tiny_store)["test"].materialize()[0][:4]
+                                                         ).shape == (4, 3)

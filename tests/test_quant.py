@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from quickdraw_mobile.export import load_artifact
 from quickdraw_mobile.export.calibration import balanced_subset
 from quickdraw_mobile.modelref import load_model
 from quickdraw_mobile.models import create_model
-from quickdraw_mobile.quant import TrainingData, list_methods, quantize
+from quickdraw_mobile.quant import QuantizedModel, TrainingData, get_method, list_methods, quantize
 from quickdraw_mobile.quant.artifact import save_pte
 from quickdraw_mobile.quant.awq import awq_search
 from quickdraw_mobile.quant.compare import compare, parse_options
@@ -35,15 +36,14 @@ from quickdraw_mobile.quant.int4 import (
     unpack_int4,
 )
 from quickdraw_mobile.quant.pt2e import PT2EConfig, qat_graph
+from quickdraw_mobile.quant.registry import WeightFile, methods_markdown, register_method, unregister_method
 from quickdraw_mobile.quant.rtn import rtn_quantize
 from quickdraw_mobile.quant.scaling import scale_inputs
 from quickdraw_mobile.quant.smoothquant import scope_layers, smooth, smoothable_layers
 from quickdraw_mobile.quant.stats import collect_input_stats, weight_matrix
 
 CLASSES = ["apple", "cat", "star"]
-BITS = {"fp32": 32, "int8-ptq": 8, "int8-smoothquant": 8, "int8-qat": 8, "int8-mixed": 8, "int4-rtn": 4,
-        "int4-gptq": 4, "int4-awq": 4, "pruned": 32}
-METHODS = list(BITS)
+METHODS = list_methods()
 FAST = {  # short schedules and searches: the tests check the machinery, the comparison measures the methods
     "int8-smoothquant": {"alphas": (0.35, 0.65), "search_drawings": 64},
     "int8-qat": {"steps": 30, "batch_size": 32},
@@ -75,7 +75,72 @@ def _top1(logits: torch.Tensor | np.ndarray, labels: torch.Tensor) -> float:
 
 # ------------------------------------------------------------------------------------------------ registry
 def test_methods_are_named_as_the_issue_names_them():
-    assert list_methods() == METHODS
+    named = ["fp32", "int8-ptq", "int8-smoothquant", "int8-qat", "int8-mixed", "int4-rtn", "int4-gptq", "int4-awq",
+             "pruned"]
+    assert [m for m in list_methods() if m in named] == named  # in table order; new methods may come in between
+    assert {m: get_method(m).bits for m in named} == {"fp32": 32, "int8-ptq": 8, "int8-smoothquant": 8,
+                                                      "int8-qat": 8, "int8-mixed": 8, "int4-rtn": 4,
+                                                      "int4-gptq": 4, "int4-awq": 4, "pruned": 32}
+
+
+def test_readme_table_of_methods_is_the_registry_s():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert methods_markdown() in readme
+
+
+# A whole quantization method in one place: registering it is the only edit, and it appears everywhere.
+@dataclass(frozen=True)
+class ToyConfig:
+    """fp16-toy: weights rounded to float16 (computed in float32)."""
+
+
+def _save_half(model: torch.nn.Module, path: Path) -> int:
+    from safetensors.torch import save_file
+
+    save_file({k: v.half().contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path.stat().st_size
+
+
+@pytest.fixture
+def toy_method():
+    @register_method("fp16-toy", ToyConfig, order=45, bits=16, description="weights rounded to float16",
+                     summary=lambda notes: f"{notes['tensors']} tensors in float16",
+                     weight_file=WeightFile(".fp16.safetensors", _save_half))
+    def apply(model, config, calib, **_):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(p.half().float())
+        return QuantizedModel("fp16-toy", model, 16, "float16 weights, float32 compute (a test's method)",
+                              {"tensors": len(list(model.parameters()))}, no_pte="a test method, saved as fp16")
+
+    yield "fp16-toy"
+    unregister_method("fp16-toy")
+
+
+def test_a_method_registered_in_one_place_appears_everywhere(toy_method, tmp_path, capsys):
+    from quickdraw_mobile.modelref import default_model_dir
+    from quickdraw_mobile.train import checkpoint as ckpt
+
+    names = list_methods()
+    assert names.index(toy_method) == names.index("int8-mixed") + 1  # its declared place in the table
+    assert "| `fp16-toy` | 16 | no | weights rounded to float16 |" in methods_markdown()
+    for verb in ("quantize", "export"):
+        with pytest.raises(SystemExit):
+            qdm([verb, "--help"])
+        assert "int8-mixed, fp16-toy, int4-rtn" in " ".join(capsys.readouterr().out.split())
+    if not (default_model_dir() / ckpt.WEIGHTS).exists():
+        pytest.skip("the bundled default model is not in this checkout")
+    rows = compare("default", [toy_method], tmp_path, calib=32, runs=2, memory=False)
+    row = rows[0]
+    assert row["method"] == toy_method and row["bits"] == 16 and row["artifact"] == "artifacts/fp16-toy.fp16.safetensors"
+    assert (tmp_path / row["artifact"]).stat().st_size == row["size_bytes"] > 0
+    assert row["top1"] > 80  # the default model, its weights rounded to float16, on the bundled sample
+    assert f"| fp16-toy | 16 | {row['top1']:.2f} |" in (tmp_path / "comparison.md").read_text()
+    assert f"| {row['notes']['tensors']} tensors in float16 |" in (tmp_path / "comparison.md").read_text()
+
+
+def test_the_toy_method_is_gone_after_its_test():
+    assert "fp16-toy" not in list_methods()
 
 
 def test_bad_method_option_or_missing_data_is_one_line_error(tiny):
@@ -257,11 +322,12 @@ def test_every_method_deploys_as_a_pte_that_runs(method, tiny, tmp_path: Path):
     fp32_top1 = _top1(tiny["model"](x).detach(), y)
     qm = quantize(tiny["model"], method, tiny["calib"], labels=tiny["calib_labels"], train=tiny["train"],
                   **FAST.get(method, {}))
-    assert qm.method == method and qm.bits == BITS[method]
+    assert qm.method == method and qm.bits == get_method(method).bits
     eager = qm.logits(x)
     metadata = save_pte(qm, tmp_path / f"{method}.pte", tiny["labels"])
     artifact = load_artifact(tmp_path / f"{method}.pte")
-    assert artifact.quant == method and artifact.size_bytes == metadata["artifact"]["bytes"] > 0
+    assert metadata["artifact"]["method"] == method and artifact.size_bytes == metadata["artifact"]["bytes"] > 0
+    assert artifact.quant == {32: "none", 8: "int8", 4: "int4"}[qm.bits]
     exported = artifact.run(x)
     assert exported.shape == (len(x), len(CLASSES))
     # The .pte computes what the eager quantized model computes (XNNPACK kernels round a little differently).

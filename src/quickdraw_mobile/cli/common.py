@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 OFFICIAL_HINT = "https://storage.googleapis.com/quickdraw_dataset/full/numpy_bitmap/"
@@ -14,3 +15,24 @@ def data_dir(text: str) -> Path:
 
         return embedded_store()
     return Path(text)
+
+
+METHODS = "{methods}"  # replaced in help texts by the quantization methods, read from their registry
+
+
+class MethodsHelp(argparse.HelpFormatter):
+    """Help that names the quantization methods: read from the registry only when help is shown (it loads torch)."""
+
+    def _format_text(self, text: str) -> str:
+        return super()._format_text(_with_methods(text))
+
+    def _expand_help(self, action: argparse.Action) -> str:
+        return _with_methods(super()._expand_help(action))
+
+
+def _with_methods(text: str) -> str:
+    if METHODS not in text:
+        return text
+    from ..quant.registry import method_names_help
+
+    return text.replace(METHODS, method_names_help())

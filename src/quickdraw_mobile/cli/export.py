@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..options import CALIBRATION_SIZE
-from .common import data_dir
+from .common import METHODS, MethodsHelp, data_dir
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -29,22 +29,26 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def add_parser(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser(
         "export",
-        help="export to ExecuTorch .pte (XNNPACK) or ONNX, FP32 or INT8, verified in its own runtime",
+        help="export to ExecuTorch .pte (XNNPACK) or ONNX, FP32 or quantized, verified in its own runtime",
+        formatter_class=MethodsHelp,
         description="Export a model for phones: --format pte (ExecuTorch, XNNPACK delegate) or onnx; --quant none "
-        "(FP32) or int8 (static quantization calibrated on class-balanced training drawings). The file is "
+        "(FP32), int8 (static quantization calibrated on class-balanced training drawings; for a .pte it is "
+        "int8-ptq) or, for a .pte, any method of 'qdm quantize', whose artifact in that study this file then is "
+        "(same calibration drawings, same seed). The file is "
         "loaded in its own runtime and compared with the eager model on real test drawings before it is written "
-        "(an FP32 export that changes more than 0.5%% of top-1 answers is an error). Beside it: "
+        "(an FP32 export that changes more than 0.5% of top-1 answers is an error). Beside it: "
         "FILE.metadata.json (the exact input contract, classes, how it was made and verified) and "
         "FILE.labels.txt.",
     )
     p.add_argument("--model", required=True, help="run folder or 'default'")
     p.add_argument("--format", required=True, help="pte or onnx")
-    p.add_argument("--quant", default="none", help="none (FP32, default) or int8")
+    p.add_argument("--quant", default="none", help=f"none (FP32, default), int8 (= int8-ptq for a .pte) or, for a "
+                   f".pte, a method of 'qdm quantize': {METHODS}")
     p.add_argument("--out", required=True, help="output file (.pte or .onnx)")
     p.add_argument("--data", default=None, help="the store the model was trained on (required for run folders: "
                    "calibration and verification use the run's own training and test splits); for 'default', "
                    "its bundled real samples are used when omitted")
     p.add_argument("--calib", type=int, default=CALIBRATION_SIZE,
-                   help=f"calibration drawings for int8 (default {CALIBRATION_SIZE})")
+                   help=f"calibration drawings (default {CALIBRATION_SIZE})")
     p.add_argument("--seed", type=int, default=0, help="which calibration drawings are picked (default 0)")
     p.set_defaults(func=_cmd_export)

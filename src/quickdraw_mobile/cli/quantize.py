@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..options import CALIBRATION_SIZE
-from .common import data_dir
+from .common import METHODS, MethodsHelp, data_dir
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
@@ -25,18 +25,19 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser(
         "quantize",
         help="compare quantization methods side by side (INT8, 4-bit, mixed, pruned)",
+        formatter_class=MethodsHelp,
         description="Apply each method to the model with the same calibration drawings (class-balanced, from its "
         "training split), write its deployable artifact (ExecuTorch .pte, XNNPACK) and measure it in its "
         "runtime on the same test split: top-1, top-5, change against fp32, size on disk, single-drawing "
-        "latency p50, peak memory. Methods: fp32, int8-ptq, int8-smoothquant, int8-qat, int8-mixed, int4-rtn, "
-        "int4-gptq, int4-awq, pruned. Writes comparison.json, comparison.md, accuracy_vs_size.png, "
+        "latency p50, peak memory. Methods: " + METHODS + ". Writes comparison.json, comparison.md, "
+        "accuracy_vs_size.png, "
         "accuracy_vs_latency.png and artifacts/.",
     )
     p.add_argument("--model", required=True, help="run folder or 'default'")
     p.add_argument("--methods", default="all", help="'all' (default) or a comma-separated list of methods")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--data", default=None, help="the store the model was trained on: calibration and fine-tuning "
-                   "use its training split, scores its test split (required for int8-qat and pruned; for "
+                   "use its training split, scores its test split (required for the methods that fine-tune; for "
                    "'default' without it, the bundled real samples are used)")
     p.add_argument("--calib", type=int, default=CALIBRATION_SIZE,
                    help=f"calibration drawings (default {CALIBRATION_SIZE})")

@@ -1,10 +1,12 @@
-"""PyTorch model -> ExecuTorch .pte with the XNNPACK backend, FP32 or INT8 (PT2E static quantization).
+"""PyTorch model -> ExecuTorch .pte with the XNNPACK backend: the lowering of a model exactly as it is given.
 
     torch.export (batch dimension dynamic, 1..PTE_MAX_BATCH)
-      [int8: prepare_pt2e with the XNNPACK quantizer (per-channel symmetric INT8 weights, per-tensor
-             affine INT8 activations) -> calibrate on real drawings -> convert_pt2e -> torch.export again]
       -> to_edge_transform_and_lower: core ATen edge dialect, an edge pass rewriting symbolic reshape sizes
          to -1, then XnnpackPartitioner -> to_executorch() -> bytes
+
+Quantization happens before, in the quantization registry (``quant``; INT8 is ``int8-ptq``, whose XNNPACK
+quantizer configuration lives in ``quant/pt2e.py`` alone): a converted PT2E graph or a model with torchao 4-bit
+weights lowers here like a float model. This module imports nothing of ``quant``, which builds on it.
 
 Two workarounds, both for a dynamic batch dimension:
 - ``flatten`` exports as ``view(x, [sym_size(x, 0), C])``; XNNPACK's partitioner refuses a symbolic size, which
@@ -24,17 +26,14 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 from torch.fx.passes.infra.pass_base import PassResult
 
-from ..data.loader import normalize
 from ..errors import QDMError
 from .runtime import quiet_executorch_import
 
 PTE_MAX_BATCH = 32  # the largest batch a .pte takes; memory for activations is planned for it
-CALIBRATION_BATCH = 32
 _RESHAPES = {"aten::view_copy", "aten::view", "aten::reshape", "aten::_unsafe_view"}
 
 
@@ -72,28 +71,6 @@ def export_dynamic(model: nn.Module, max_batch: int = PTE_MAX_BATCH) -> torch.ex
         return torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
     except Exception as exc:  # torch.export raises many types (Unsupported, UserError, guard errors)
         raise QDMError(failure_message("torch.export", exc)) from exc
-
-
-def quantize_int8(model: nn.Module, calibration: np.ndarray, is_qat: bool = False,
-                  max_batch: int = PTE_MAX_BATCH) -> nn.Module:
-    """PT2E static INT8 for XNNPACK, calibrated on uint8 drawings (N, 784): the converted (Q/DQ) module."""
-    quiet_executorch_import()
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer,
-        get_symmetric_quantization_config,
-    )
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=is_qat))
-    graph = export_dynamic(model, max_batch).module()
-    try:
-        prepared = prepare_pt2e(graph, quantizer)
-    except Exception as exc:
-        raise QDMError(failure_message("INT8 quantization (prepare_pt2e)", exc)) from exc
-    with torch.no_grad():
-        for start in range(0, len(calibration), CALIBRATION_BATCH):
-            prepared(normalize(calibration[start : start + CALIBRATION_BATCH]))
-    return convert_pt2e(prepared)
 
 
 def infer_symbolic_reshapes(graph_module: torch.fx.GraphModule) -> PassResult:
@@ -149,9 +126,8 @@ def _check_kernels(report: LoweringReport) -> None:
                            "ExecuTorch runtime has no kernel for it")
 
 
-def to_pte(model: nn.Module, quant: str, calibration: np.ndarray | None = None,
-           max_batch: int = PTE_MAX_BATCH) -> tuple[bytes, LoweringReport]:
-    """The .pte bytes of ``model`` (``quant`` = none | int8) and which operators XNNPACK took."""
+def to_pte(model: nn.Module, max_batch: int = PTE_MAX_BATCH) -> tuple[bytes, LoweringReport]:
+    """The .pte bytes of ``model`` (float, or already quantized) and which operators XNNPACK took."""
     quiet_executorch_import()
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
@@ -159,12 +135,6 @@ def to_pte(model: nn.Module, quant: str, calibration: np.ndarray | None = None,
 
     if not isinstance(model, torch.fx.GraphModule):  # a converted PT2E graph refuses .eval(); it is in eval form
         model = model.eval()
-    if quant not in ("none", "int8"):
-        raise QDMError(f"quant: expected none or int8, got {quant!r}")
-    if quant == "int8":
-        if calibration is None or len(calibration) == 0:
-            raise QDMError("int8 export needs calibration drawings")
-        model = quantize_int8(model, calibration, max_batch=max_batch)
     program = export_dynamic(model, max_batch)
     try:
         with (fx_config.patch(backed_size_oblivious=True), torch.backends.nnpack.flags(enabled=False),

@@ -5,7 +5,7 @@ and an ``.onnx`` of the same stem can share a folder):
 
     model.pte.metadata.json   what goes in and what comes out: shape, dtype, value range, ink polarity,
                               normalization, renderer version, class list; plus the artifact's sha256 and size,
-                              how it was made (model, quantization, calibration) and how it was verified;
+                              how it was made (model, quantization method, calibration) and how it was verified;
                               and a device self-check (a few drawings with this artifact's answers: selfcheck.py)
     model.pte.labels.txt      the class names, one a line, in logit order
 
@@ -60,9 +60,13 @@ def input_contract(max_batch: int | None) -> dict:
     }
 
 
-def build_metadata(*, name: str, written: Path, quant: str, classes: list[str], max_batch: int | None,
-                   model: dict, export: dict, verification: dict | None = None) -> dict:
-    """The metadata.json of the artifact called ``name``, whose bytes are in ``written`` (size and sha256)."""
+def build_metadata(*, name: str, written: Path, quant: str, method: str, classes: list[str],
+                   max_batch: int | None, model: dict, export: dict, verification: dict | None = None) -> dict:
+    """The metadata.json of the artifact called ``name``, whose bytes are in ``written`` (size and sha256).
+
+    ``quant``: its precision (none, int8, int4); ``method``: what made it, a method of the quantization registry
+    (fp32, int8-ptq, ...; ``qdm quantize --help`` lists them) or ``onnxruntime-int8`` (ONNX Runtime's own static
+    INT8 of an .onnx)."""
     return {
         "format": ARTIFACT_FORMAT,
         "version": ARTIFACT_VERSION,
@@ -70,6 +74,7 @@ def build_metadata(*, name: str, written: Path, quant: str, classes: list[str], 
             "file": name,
             "runtime": runtime_for(name),
             "quant": quant,
+            "method": method,
             "bytes": written.stat().st_size,
             "sha256": sha256_file(written),
         },

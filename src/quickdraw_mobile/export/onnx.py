@@ -19,11 +19,12 @@ import torch
 from torch import nn
 
 from ..errors import QDMError
-from .executorch import CALIBRATION_BATCH, failure_message
+from .executorch import failure_message
 from .runtime import normalize_pixels
 
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "logits"
+CALIBRATION_BATCH = 32
 
 
 def _export_fp32(model: nn.Module, path: Path) -> None:

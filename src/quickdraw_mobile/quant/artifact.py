@@ -1,8 +1,8 @@
 """A quantized model -> its deployable file: an ExecuTorch .pte with the sidecars every artifact carries.
 
 The .pte and its metadata.json / labels.txt are written the way ``qdm export`` writes them (so
-``export.load_artifact`` runs the file with the same checks), with the method's scheme and notes recorded under
-``export``. The artifact is renamed into place last: a failure leaves no file under the final name.
+``export.load_artifact`` runs the file with the same checks), with the method's name (``artifact.method``), its
+precision (``artifact.quant``: none, int8, int4), scheme and notes recorded. The artifact is renamed into place last: a failure leaves no file under the final name.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def save_pte(qm: QuantizedModel, out: str | Path, labels: list[str], model_info:
                    "quantization": qm.scheme, "notes": qm.notes, "calibration": calibration}
     with atomic_path(out) as tmp:
         tmp.write_bytes(data)
-        metadata = build_metadata(name=out.name, written=tmp, quant=qm.method, classes=labels,
+        metadata = build_metadata(name=out.name, written=tmp, quant=qm.precision, method=qm.method, classes=labels,
                                   max_batch=PTE_MAX_BATCH, model=model_info or {}, export=export_info)
         write_sidecars(out, metadata, labels)
     return {**metadata, "lowering": report.lines()}

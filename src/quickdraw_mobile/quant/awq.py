@@ -19,7 +19,15 @@ import torch
 from torch import nn
 
 from ..errors import QDMError
-from .int4 import Int4Options, dequantize_groups, int4_layers, int4_result, layer_error
+from .int4 import (
+    PACKED,
+    Int4Options,
+    dequantize_groups,
+    int4_layers,
+    int4_result,
+    int4_summary,
+    layer_error,
+)
 from .registry import QuantizedModel, register_method
 from .rtn import rtn_quantize
 from .scaling import scale_inputs
@@ -57,7 +65,9 @@ def awq_search(weight: torch.Tensor, gram: torch.Tensor, rows: int, abs_mean: to
     return best
 
 
-@register_method("int4-awq", AWQConfig)
+@register_method("int4-awq", AWQConfig, order=70, bits=4, summary=int4_summary, weight_file=PACKED,
+                 description="4-bit grouped Linear weights with activation-aware channel scaling (AWQ); "
+                 "8-bit dynamic activations in XNNPACK")
 def apply(model: nn.Module, config: AWQConfig, calib: torch.Tensor, **_) -> QuantizedModel:
     layers, left = int4_layers(model, config)
     stats = collect_input_stats(model, layers, calib, desc="int4-awq: activation statistics")

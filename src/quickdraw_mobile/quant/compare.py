@@ -1,11 +1,13 @@
 """``qdm quantize``: every method on one model, each measured the same way, side by side.
 
-Fairness is the point of the table, so everything a method does not choose is shared:
+Fairness is the point of the table, so everything a method does not choose is shared (``inputs.MethodInputs``,
+which ``qdm export --quant METHOD`` uses too, so an exported artifact is its row's):
 - one calibration set for every method: ``calib`` class-balanced drawings of the run's training split, picked
   with ``seed`` (``export.calibration.calibration_set``); its labels go to methods that measure accuracy;
 - one test set: the run's test split (or the bundled sample of ``default`` without ``--data``);
 - one seed: torch's global RNG is reset to ``seed`` before each method, and methods that fine-tune get it too;
-- one measurement: the method's deployable artifact is written (``artifact.save_pte``), loaded in its own runtime
+- one measurement: the method's deployable artifact is written (``artifact.save_pte``, or the method's own
+  ``weight_file`` for a result XNNPACK cannot run), loaded in its own runtime
   (``export.load_artifact``), and scored there: top-1 / top-5 on the test set, size on disk, single-drawing
   latency p50 on ``threads`` threads (``bench.latency``) and the peak memory of a fresh process that loads and
   runs it (``bench.memory``).
@@ -20,7 +22,6 @@ method succeeded, so a failed comparison changes nothing an earlier one wrote.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import shutil
@@ -29,21 +30,20 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from ..data.loader import normalize
 from ..errors import QDMError
-from ..export.calibration import calibration_set, run_splits, verification_set
+from ..export.calibration import verification_set
+from ..export.metadata import sidecar_paths
 from ..export.selfcheck import check_finite
 from ..fileio import ensure_dir, os_error_reason, write_json_atomic, write_text_atomic
 from ..inference import logits_for_pixels
 from ..modelref import describe_model, load_model
 from ..options import CALIBRATION_SIZE
 from .artifact import save_pte
-from .finetune import TrainingData
-from .int4 import save_packed
-from .registry import get_method, make_config, quantize
+from .inputs import MethodInputs, check_training_data, method_inputs
+from .registry import get_method, make_config
 
 COLUMNS = ("method", "bits", "top1", "top5", "delta_top1", "delta_top5", "size_bytes", "latency_ms_p50",
            "peak_mem_mb", "artifact")
@@ -79,19 +79,15 @@ def compare(model_ref: str | Path, methods: list[str], out: str | Path, data_dir
         if name not in methods:
             raise QDMError(f"--set: options given for {name!r}, which is not among the methods compared")
         make_config(name, **values)  # a misspelled option fails now, not after the methods before it ran
-    needs_data = [m for m in methods if get_method(m).needs_training_data]
-    if needs_data and data_dir is None:
-        raise QDMError(f"--data: required for {', '.join(needs_data)} (they fine-tune on the run's training split)")
+    check_training_data(methods, data_dir)
     out = Path(out)
     loaded = load_model(model_ref)
-    calibration = calibration_set(model_ref, data_dir, calib, seed)
+    inputs = method_inputs(model_ref, loaded, methods, data_dir, calib, seed, always_calibration=True)
+    calibration = inputs.calibration
     test = verification_set(model_ref, data_dir)
-    train = (TrainingData(run_splits(loaded.run, data_dir)["train"], loaded.config)
-             if needs_data else None)
     # NaN weights and the like: refused before any method runs (INT8 calibration fails obscurely on NaN)
     check_finite(logits_for_pixels(loaded.model, calibration.pixels), f"{model_ref}: the model",
                  "calibration drawings")
-    x_calib, y_calib = normalize(calibration.pixels), torch.from_numpy(calibration.labels)
     model_info = describe_model(loaded)
     calib_info = {"drawings": len(calibration.pixels), "seed": seed, "source": calibration.source}
 
@@ -105,10 +101,11 @@ def compare(model_ref: str | Path, methods: list[str], out: str | Path, data_dir
         raise QDMError(f"{out}: cannot create the staging folder ({os_error_reason(exc, out)})") from exc
     committed = False
     try:
-        rows = _run_methods(loaded, methods, out, staging, x_calib, y_calib, test, train, seed, options, threads,
-                            runs, memory, model_info, calib_info)
+        rows = _run_methods(loaded, methods, out, staging, inputs, test, options, threads, runs, memory,
+                            model_info, calib_info)
         (out / "artifacts").mkdir(exist_ok=True)
-        for staged in sorted(staging.iterdir(), key=lambda p: p.suffix in (".pte", ".safetensors")):
+        sidecars = {p.name for row in rows for p in sidecar_paths(staging / Path(row["artifact"]).name)}
+        for staged in sorted(staging.iterdir(), key=lambda p: p.name not in sidecars):
             os.replace(staged, out / "artifacts" / staged.name)  # sidecars first, each artifact last
         committed = True
     finally:
@@ -129,23 +126,23 @@ def compare(model_ref: str | Path, methods: list[str], out: str | Path, data_dir
     return rows
 
 
-def _run_methods(loaded, methods: list[str], out: Path, staging: Path, x_calib, y_calib, test, train, seed: int,
+def _run_methods(loaded, methods: list[str], out: Path, staging: Path, inputs: MethodInputs, test,
                  options: dict[str, dict], threads: int, runs: int, memory: bool, model_info: dict,
                  calib_info: dict) -> list[dict]:
     """Quantize with each method, write its artifact into ``staging`` and measure it there: the rows."""
     rows = []
     for method in tqdm(methods, desc="quantize", unit="method"):
-        torch.manual_seed(seed)
         started = time.perf_counter()
-        seeded = {"seed": seed} if "seed" in {f.name for f in dataclasses.fields(get_method(method).config)} else {}
-        qm = quantize(loaded.model, method, x_calib, labels=y_calib, train=train,
-                      **{**seeded, **options.get(method, {})})
+        qm = inputs.apply(loaded.model, method, options.get(method))
         seconds = time.perf_counter() - started
-        name = f"{method}.safetensors" if qm.no_pte else f"{method}.pte"
+        weight_file = get_method(method).weight_file
+        if qm.no_pte and weight_file is None:
+            raise QDMError(f"method {method!r}: {qm.no_pte}, and the method declares no weight_file to save instead")
+        name = f"{method}{weight_file.suffix}" if qm.no_pte else f"{method}.pte"
         what = f"{out / 'artifacts' / name}: method {method!r}"
         path = staging / name
         if qm.no_pte:  # a deployable form XNNPACK cannot run: its real bytes, scored eagerly
-            save_packed(qm.model, path)
+            weight_file.write(qm.model, path)
             top1, top5 = _scores(qm.logits(normalize(test.pixels)).numpy(), test.labels, what)
             measured = {"top1": top1, "top5": top5, "size_bytes": path.stat().st_size, "latency_ms_p50": None,
                         "peak_mem_mb": None}
@@ -175,22 +172,6 @@ def parse_options(items: list[str]) -> dict[str, dict]:
     return options
 
 
-def _summary(row: dict) -> str:
-    """What a reader needs to know to trust the row: the method's key choice, in a few words."""
-    notes = row["notes"]
-    if "kept_float" in notes:
-        return f"float: {', '.join(notes['kept_float']) or 'none'}"
-    if "alpha" in notes and not isinstance(notes["alpha"], dict):
-        return f"alpha {notes['alpha']}" + (f", {notes['scope']} layers" if "scope" in notes else "")
-    if "int4_layers" in notes:
-        return f"{len(notes['int4_layers'])} Linear in int4, {len(notes['float_layers'])} layers float"
-    if "params_removed" in notes:
-        return f"{notes['params_removed']:.0%} of parameters removed"
-    if "steps" in notes:
-        return f"{notes['steps']} QAT steps"
-    return ""
-
-
 def markdown(rows: list[dict], context: dict) -> str:
     def num(value, fmt, unit=""):
         return "n/a" if value is None else format(value, fmt) + unit
@@ -202,9 +183,10 @@ def markdown(rows: list[dict], context: dict) -> str:
              "| method | bits | top-1 | Δ top-1 | top-5 | size | latency p50 | peak memory | notes |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
+        summary = get_method(r["method"]).summary(r["notes"])  # the method's key choice, in a few words
         lines.append(f"| {r['method']} | {r['bits']} | {r['top1']:.2f} | {num(r['delta_top1'], '+.2f')} | "
                      f"{r['top5']:.2f} | {r['size_bytes'] / 1e3:,.1f} KB | {num(r['latency_ms_p50'], '.3f', ' ms')} | "
-                     f"{num(r['peak_mem_mb'], '.1f', ' MB')} | {_summary(r)} |")
+                     f"{num(r['peak_mem_mb'], '.1f', ' MB')} | {summary} |")
     lines += ["", "Schemes:", ""] + [f"- {r['method']}: {r['scheme']}" for r in rows]
     return "\n".join(lines) + "\n"
 

@@ -27,9 +27,11 @@ from torch import nn
 
 from ..errors import QDMError
 from .int4 import (
+    PACKED,
     QMAX,
     QMIN,
     Int4Options,
+    int4_summary,
     quantize_linears,
     rtn_scales,
 )
@@ -93,7 +95,9 @@ def gptq_quantize(weight: torch.Tensor, gram: torch.Tensor, rows: int, group_siz
     return Q[:, torch.argsort(perm)], scale.float()
 
 
-@register_method("int4-gptq", GPTQConfig)
+@register_method("int4-gptq", GPTQConfig, order=60, bits=4, summary=int4_summary, weight_file=PACKED,
+                 description="4-bit grouped Linear weights with Hessian-based error compensation (GPTQ); "
+                 "8-bit dynamic activations in XNNPACK")
 def apply(model: nn.Module, config: GPTQConfig, calib: torch.Tensor, **_) -> QuantizedModel:
     def quantize_weight(weight: torch.Tensor, stats) -> tuple[torch.Tensor, torch.Tensor]:
         return gptq_quantize(weight, stats.gram, stats.rows, config.group_size, block_size=config.block_size,

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..errors import QDMError
 from ..fileio import atomic_path
-from .registry import QuantizedModel
+from .registry import QuantizedModel, WeightFile
 from .stats import collect_input_stats, weight_matrix
 
 QMIN, QMAX = -8, 7
@@ -183,3 +183,11 @@ def save_packed(model: nn.Module, path: str | Path) -> int:
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp))
     return Path(path).stat().st_size
+
+
+# The deployable file of a weight-only int4 result (no .pte): what int4 methods declare at registration.
+PACKED = WeightFile(".safetensors", save_packed)
+
+
+def int4_summary(notes: dict) -> str:
+    return f"{len(notes['int4_layers'])} Linear in int4, {len(notes['float_layers'])} layers float"

@@ -49,7 +49,13 @@ def weight_layer_names(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)]
 
 
-@register_method("int8-mixed", MixedConfig)
+def summary(notes: dict) -> str:
+    return f"float: {', '.join(notes['kept_float']) or 'none'}"
+
+
+@register_method("int8-mixed", MixedConfig, order=40, bits=8, summary=summary,
+                 description="int8-ptq with the most sensitive layers (measured one by one) kept float until the "
+                 f"top-1 drop is at most {MixedConfig.max_drop} points (max_drop)")
 def apply(model: nn.Module, config: MixedConfig, calib: torch.Tensor, *, labels: torch.Tensor | None = None,
           **_) -> QuantizedModel:
     fp32_logits = _logits(model, calib)

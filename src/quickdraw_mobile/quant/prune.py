@@ -129,7 +129,12 @@ def prune_pair(model: nn.Module, pair: ChannelPair, keep: torch.Tensor) -> None:
         consumer.in_features = len(keep)
 
 
-@register_method("pruned", PruneConfig, needs_training_data=True)
+def summary(notes: dict) -> str:
+    return f"{notes['params_removed']:.0%} of parameters removed"
+
+
+@register_method("pruned", PruneConfig, order=80, bits=32, needs_training_data=True, calibrates=False,
+                 summary=summary, description="structured channel pruning and a short fine-tune; float32")
 def apply(model: nn.Module, config: PruneConfig, calib: torch.Tensor, *, train: TrainingData,
           **_) -> QuantizedModel:
     pairs = find_channel_pairs(model)

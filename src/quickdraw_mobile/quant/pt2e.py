@@ -85,6 +85,8 @@ def node_filter(model: nn.Module, config: PT2EConfig, only: str | None = None):
 
 
 def make_quantizer(model: nn.Module, config: PT2EConfig, is_qat: bool = False, only: str | None = None):
+    """The project's one XNNPACK quantizer configuration: every INT8 artifact (``qdm quantize``'s INT8 rows and
+    ``qdm export --quant int8``, which is int8-ptq) is annotated by it, with ``node_filter``'s float layers."""
     quiet_executorch_import()
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
@@ -149,7 +151,9 @@ def int8_result(method: str, graph: GraphModule, config: PT2EConfig, model: nn.M
     return QuantizedModel(method, graph, 8, scheme, notes)
 
 
-@register_method("int8-ptq", PT2EConfig)
+@register_method("int8-ptq", PT2EConfig, order=10, bits=8,
+                 description="PT2E static INT8 (XNNPACK quantizer), calibrated; a transformer's residual adds "
+                 "stay float")
 def apply_ptq(model: nn.Module, config: PT2EConfig, calib: torch.Tensor, **_) -> QuantizedModel:
     return int8_result("int8-ptq", quantize_graph(model, config, calib, desc="int8-ptq: calibration"), config, model,
                        {"calibration_drawings": len(calib)})
@@ -209,7 +213,10 @@ def qat_graph(model: nn.Module, config: PT2EConfig, calib: torch.Tensor, max_bat
     return move_exported_model_to_train(prepared)
 
 
-@register_method("int8-qat", QATConfig, needs_training_data=True)
+@register_method("int8-qat", QATConfig, order=30, bits=8, needs_training_data=True,
+                 summary=lambda notes: f"{notes['steps']} QAT steps",
+                 description="PT2E quantization-aware fine-tuning from the FP32 weights, observers and batch-norm "
+                 "statistics frozen late")
 def apply_qat(model: nn.Module, config: QATConfig, calib: torch.Tensor, *, train: TrainingData,
               **_) -> QuantizedModel:
     from torchao.quantization.pt2e import disable_observer, move_exported_model_to_eval

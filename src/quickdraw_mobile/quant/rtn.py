@@ -12,7 +12,9 @@ import torch
 from torch import nn
 
 from .int4 import (
+    PACKED,
     Int4Options,
+    int4_summary,
     quantize_groups,
     quantize_linears,
     rtn_scales,
@@ -31,6 +33,8 @@ def rtn_quantize(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, t
     return quantize_groups(weight.float(), scale, group_size), scale
 
 
-@register_method("int4-rtn", RTNConfig)
+@register_method("int4-rtn", RTNConfig, order=50, bits=4, summary=int4_summary, weight_file=PACKED,
+                 description="4-bit grouped Linear weights, round to nearest; "
+                 "8-bit dynamic activations in XNNPACK")
 def apply(model: nn.Module, config: RTNConfig, calib: torch.Tensor, **_) -> QuantizedModel:
     return quantize_linears("int4-rtn", model, config, calib, lambda weight, _: rtn_quantize(weight, config.group_size))

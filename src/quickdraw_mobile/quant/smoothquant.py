@@ -83,7 +83,13 @@ def _logits(graph: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([graph(x[i : i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)])
 
 
-@register_method("int8-smoothquant", SmoothQuantConfig)
+def summary(notes: dict) -> str:
+    return f"alpha {notes['alpha']}, {notes['scope']} layers"
+
+
+@register_method("int8-smoothquant", SmoothQuantConfig, order=20, bits=8, summary=summary,
+                 description="activation outliers migrated into the weights of each Linear and 1x1 convolution, "
+                 "or of those fed by a norm (strength and scope searched on calibration), then int8-ptq")
 def apply(model: nn.Module, config: SmoothQuantConfig, calib: torch.Tensor, **_) -> QuantizedModel:
     layers = smoothable_layers(model)
     if not layers:
