@@ -135,13 +135,14 @@ def test_quantize_refuses_a_method_with_non_finite_logits_and_keeps_the_last_com
     """A method whose evaluation gives NaN fails the comparison; the artifacts and tables of the previous one are
     byte-identical (artifacts are staged and moved into place only when every method succeeded)."""
     import quickdraw_mobile.quant.compare as compare_module
+    import quickdraw_mobile.quant.inputs as inputs_module  # where every method is applied, for compare and export
 
     out = tmp_path / "q"
     args = dict(data_dir=tiny_store, calib=64, options={"int4-rtn": {"dynamic_activations": False}}, runs=1,
                 memory=False)
     compare_module.compare(tiny_run, ["int4-rtn"], out, **args)  # weight-only int4: scored eagerly, no lowering
     before = snapshot(out)
-    real = compare_module.quantize
+    real = inputs_module.quantize
 
     def overflowing(*a, **kw):
         qm = real(*a, **kw)
@@ -149,7 +150,7 @@ def test_quantize_refuses_a_method_with_non_finite_logits_and_keeps_the_last_com
             qm.model.head.bias.fill_(float("inf"))
         return qm
 
-    monkeypatch.setattr(compare_module, "quantize", overflowing)
+    monkeypatch.setattr(inputs_module, "quantize", overflowing)
     with pytest.raises(QDMError) as info:
         compare_module.compare(tiny_run, ["int4-rtn"], out, **args)
     assert str(info.value) == (f"{out / 'artifacts' / 'int4-rtn.safetensors'}: method 'int4-rtn' {NON_FINITE} on "
