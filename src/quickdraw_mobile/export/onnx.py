@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import tempfile
-from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -76,6 +74,8 @@ def _quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, workdir: Path
 
 def to_onnx(model: nn.Module, quant: str, calibration: np.ndarray | None = None) -> bytes:
     """The .onnx bytes of ``model`` (``quant`` = none | int8)."""
+    import tempfile
+
     if quant not in ("none", "int8"):
         raise QDMError(f"quant: expected none or int8, got {quant!r}")
     with tempfile.TemporaryDirectory(prefix="qdm-onnx-") as tmp:
@@ -102,6 +102,8 @@ def op_counts(data: bytes) -> dict[str, int]:
 
 def convert(model: nn.Module, quant: str, calibration: np.ndarray | None = None) -> Lowered:
     """The .onnx of ``model``: FP32 (``none``) or ONNX Runtime's static INT8 calibrated on ``calibration``."""
+    from importlib.metadata import version  # here, like torch: a process that only runs an .onnx stays small
+
     data = to_onnx(model, quant, calibration)
     backend = {"runtime": "onnxruntime", "onnxruntime": version("onnxruntime"),
                "provider": "CPUExecutionProvider", "ops": op_counts(data)}
