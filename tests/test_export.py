@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -359,6 +361,78 @@ def test_one_place_names_artifacts_and_writes_their_sidecars(tmp_path):
     meta_path, labels_path = sidecar_paths(artifact)
     assert labels_path.read_text() == "cat\ndog\n" and json.loads(meta_path.read_text()) == {"classes": ["cat", "dog"]}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pte.labels.txt", "m.pte.metadata.json"]
+
+
+# ------------------------------------------------------------------------------------ a runtime is one module
+
+
+def _toy_runtime_module() -> types.ModuleType:
+    """A whole runtime in a few lines: torch.export's own .pt2 files, run by ``torch.export.load``."""
+    import io
+
+    from quickdraw_mobile.export.runtime import Lowered
+
+    def convert(model: nn.Module, quant: str, calibration: np.ndarray | None) -> Lowered:
+        program = torch.export.export(model.eval(), (torch.zeros(2, 1, 28, 28),),
+                                      dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+        buffer = io.BytesIO()
+        torch.export.save(program, buffer)
+        return Lowered(buffer.getvalue(), {"runtime": "torch-export"}, ["one torch.export program"],
+                       method="fp32", scheme="none (float32)")
+
+    def load(path: Path, threads: int | None):
+        module = torch.export.load(path).module()
+
+        def forward(x: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return module(torch.from_numpy(x)).numpy()
+
+        return forward, ["batch", 1, 28, 28], ["batch", forward(np.zeros((1, 1, 28, 28), np.float32)).shape[1]]
+
+    toy = types.ModuleType("qdm_toy_runtime")
+    toy.convert, toy.load = convert, load
+    return toy
+
+
+@pytest.fixture
+def toy_runtime(monkeypatch):
+    """The toy runtime registered (its one line) for one test, and taken out again afterwards."""
+    from quickdraw_mobile.artifact_names import Runtime, register_runtime, unregister_runtime
+
+    monkeypatch.setitem(sys.modules, "qdm_toy_runtime", _toy_runtime_module())
+    runtime = register_runtime(Runtime("torch-export", "pt2", ".pt2", "torch.export", "qdm_toy_runtime", "torch",
+                                       quants=("none",)))
+    yield runtime
+    unregister_runtime(runtime.name)
+
+
+def test_a_runtime_registered_in_one_line_exports_loads_and_benches(toy_runtime, tmp_path, capsys):
+    from quickdraw_mobile.artifact_names import is_artifact
+    from quickdraw_mobile.bench.runner import artifact_subject
+    from quickdraw_mobile.export.selfcheck import run_selfcheck
+
+    with pytest.raises(SystemExit):
+        qdm(["export", "--help"])
+    assert "pt2 (torch.export)" in " ".join(capsys.readouterr().out.split())
+    out = tmp_path / "default_fp32.pt2"
+    assert qdm(["export", "--model", "default", "--format", "pt2", "--out", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    artifact = load_artifact(out)  # its sidecars checked, opened by the toy module, shapes checked
+    assert artifact.runtime == "torch-export" and artifact.quant == "none" and is_artifact(out)
+    assert artifact.metadata["export"]["method"] == "fp32" and artifact.metadata["verification"]["disagreements"] == 0
+    pixels = verification_set("default", None).pixels[:64]
+    eager = logits_for_pixels(load_model("default").model, pixels)
+    np.testing.assert_allclose(artifact.run_pixels(pixels), eager, rtol=1e-4, atol=1e-4)
+    assert run_selfcheck(artifact)["passed"]
+    assert artifact_subject(str(out)).name == "torch.export FP32"
+    with pytest.raises(QDMError, match=r"expected none for --format pt2 \(torch.export's own quantization"):
+        export_model("default", "pt2", "int8", tmp_path / "q.pt2")
+
+
+def test_the_toy_runtime_is_gone_after_its_test():
+    from quickdraw_mobile.artifact_names import RUNTIMES, is_artifact
+
+    assert [r.format for r in RUNTIMES] == ["pte", "onnx"] and not is_artifact("m.pt2")
 
 
 def test_describe_model_is_the_metadata_model_section():

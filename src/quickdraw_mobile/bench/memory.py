@@ -14,6 +14,7 @@ VmHWM, which matches the same children started from a shell.
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -34,13 +35,11 @@ def measure(ref: str, batch: int, runs: int) -> dict:
     """In this process: import the runtime, load ``ref``, run it ``runs`` times on a batch; memory figures."""
     import numpy as np
 
-    from ..artifact_names import is_artifact  # not modelref: that would import torch into an ONNX process
+    from ..artifact_names import runtime_of_file  # not modelref: that would import torch into an ONNX process
 
-    if is_artifact(ref):
-        if ref.endswith(".pte"):
-            import executorch.runtime  # noqa: F401  (the runtime's own import cost belongs to the baseline)
-        else:
-            import onnxruntime  # noqa: F401
+    runtime = runtime_of_file(ref)
+    if runtime is not None:
+        importlib.import_module(runtime.package)  # the runtime's own import cost belongs to the baseline
         from ..export.runtime import load_artifact
 
         baseline = _status_kb("VmRSS")

@@ -19,6 +19,7 @@ import numpy as np
 from ..errors import QDMError
 
 _REPO_BUILD = Path(__file__).resolve().parents[3] / "native" / "build" / "qdm-native"
+NATIVE_RUNTIME = "executorch"  # the runtime whose files qdm-native runs (artifact_names.RUNTIMES): its C++ side
 
 
 def find_native() -> Path | None:
@@ -45,7 +46,7 @@ def native_row(binary: Path, name: str, pte: str, quant: str, macs: int, pixels:
              warmup, "--batch", batch, "--threads", ",".join(map(str, threads)), "--json", Path(tmp) / "b.json")
         report = json.loads((Path(tmp) / "b.json").read_text())
     per_thread = report["threads"]
-    return {"name": name, "runtime": "executorch-cpp",
+    return {"name": name, "runtime": f"{NATIVE_RUNTIME}-cpp",
             "quant": quant, "path": pte, "size_bytes": Path(pte).stat().st_size, "macs": macs,
             "latency": {t: v["latency"] for t, v in per_thread.items()},
             "throughput": {t: v["throughput"] for t, v in per_thread.items()},

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..artifact_names import export_file_name
+from ..artifact_names import export_file_name, runtime_named
 from ..errors import QDMError
 from ..export.selfcheck import check_finite
 from ..modelref import DEFAULT, is_artifact, load_model
@@ -40,23 +40,23 @@ from ..models.profile import count_macs
 from ..options import CALIBRATION_SIZE
 from .latency import RunFn, latency, peak_gmacs, throughput
 from .memory import peak_memory
-from .native import find_native, native_predictions, native_row
+from .native import NATIVE_RUNTIME, find_native, native_predictions, native_row
 
-RUNTIME_NAMES = {"pytorch": "PyTorch eager", "executorch": "ExecuTorch", "onnxruntime": "ONNX Runtime"}
+EAGER = "PyTorch eager"  # the row name of a run folder or 'default' (an artifact's: its runtime's display name)
 EXPORTS = (("pte", "none"), ("pte", "int8"), ("onnx", "none"), ("onnx", "int8"))
 
 
 @dataclass
 class Subject:
     name: str  # table row, e.g. "ExecuTorch INT8"
-    runtime: str  # pytorch | executorch | onnxruntime
+    runtime: str  # pytorch, or the runtime of an artifact (executorch, onnxruntime, ...)
     quant: str  # none | int8
     ref: str  # what is loaded: a run folder, 'default' or an artifact path
     size_path: Path  # the file whose size is reported
     macs: int
     labels: list[str]
     open: Callable[[int], RunFn]  # threads -> a function running one float32 (B, 1, 28, 28) batch
-    max_batch: int | None = None
+    max_batch: int | None = None  # the largest batch the file holds (None: any)
 
 
 def eager_subject(model_ref: str) -> Subject:
@@ -67,7 +67,7 @@ def eager_subject(model_ref: str) -> Subject:
         torch.set_num_threads(threads)
         return lambda x: model(torch.from_numpy(x))
 
-    return Subject(f"{RUNTIME_NAMES['pytorch']} FP32", "pytorch", "none", str(model_ref), loaded.run.weights_path,
+    return Subject(f"{EAGER} FP32", "pytorch", "none", str(model_ref), loaded.run.weights_path,
                    count_macs(model), loaded.labels, open_eager)
 
 
@@ -75,11 +75,11 @@ def artifact_subject(path: str) -> Subject:
     from ..export import load_artifact, read_metadata
 
     metadata, labels = read_metadata(path)
-    runtime, quant = metadata["artifact"]["runtime"], metadata["artifact"]["quant"]
-    name = f"{RUNTIME_NAMES[runtime]} {'INT8' if quant == 'int8' else 'FP32'}"
-    return Subject(name, runtime, quant, str(path), Path(path), int(metadata["model"]["macs"]), labels,
+    runtime, quant = runtime_named(metadata["artifact"]["runtime"]), metadata["artifact"]["quant"]
+    name = f"{runtime.display} {'INT8' if quant == 'int8' else 'FP32'}"
+    return Subject(name, runtime.name, quant, str(path), Path(path), int(metadata["model"]["macs"]), labels,
                    lambda threads: load_artifact(path, threads=threads).run_batch,
-                   metadata["input"]["batch"]["max"])
+                   metadata["input"]["batch"]["max"] if runtime.fixed_max_batch else None)
 
 
 def export_subjects(model_ref: str, out: Path, data_dir: str | Path | None, calib: int) -> list[str]:
@@ -109,13 +109,14 @@ def _all_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _reset_executorch_threads(threads: int) -> None:
-    from ..export.runtime import quiet_executorch_import
+def _reset_thread_pools(subjects: list[Subject], threads: int) -> None:
+    """Give the process-wide thread pool of each runtime that has one (ExecuTorch's XNNPACK) ``threads`` back."""
+    from ..export.runtime import runtime_module
 
-    quiet_executorch_import()
-    from executorch.extension.pybindings import portable_lib
-
-    portable_lib._unsafe_reset_threadpool(threads)
+    for runtime in filter(None, map(runtime_named, dict.fromkeys(s.runtime for s in subjects))):
+        reset = getattr(runtime_module(runtime), "reset_threads", None)
+        if reset is not None:
+            reset(threads)
 
 
 def _accuracy(subjects: list[Subject], drawings, threads: int, native_preds: dict[str, np.ndarray]) -> dict[str, dict]:
@@ -139,7 +140,7 @@ def _accuracy(subjects: list[Subject], drawings, threads: int, native_preds: dic
 
 def _check_batch(subjects: list[Subject], batch: int) -> None:
     for s in subjects:
-        if s.runtime == "executorch" and batch > s.max_batch:
+        if s.max_batch is not None and batch > s.max_batch:
             raise QDMError(f"--batch: {s.ref} takes batches of at most {s.max_batch}, got {batch}")
 
 
@@ -212,8 +213,9 @@ def run_bench(refs: list[str], out: str | Path, data_dir: str | Path | None = No
                 if memory:
                     row["memory"] = peak_memory(s.ref)
                 results.append(row)
-                if native_binary is not None and s.runtime == "executorch":
-                    cpp = native_row(native_binary, s.name.replace("ExecuTorch", "ExecuTorch C++"), s.ref, s.quant,
+                if native_binary is not None and s.runtime == NATIVE_RUNTIME:
+                    display = runtime_named(s.runtime).display
+                    cpp = native_row(native_binary, s.name.replace(display, f"{display} C++"), s.ref, s.quant,
                                      s.macs, sample, runs=runs, warmup=warmup, batch=batch, threads=threads,
                                      memory=memory)
                     native_rows.append((cpp, s))
@@ -227,8 +229,7 @@ def run_bench(refs: list[str], out: str | Path, data_dir: str | Path | None = No
                 row.update(scores.get(row["name"], {}))
     finally:
         torch.set_num_threads(torch_threads)
-        if any(s.runtime == "executorch" for s in [*given, *subjects]):
-            _reset_executorch_threads(_all_threads())
+        _reset_thread_pools([*given, *subjects], _all_threads())
     return {
         "machine": {"cpu": _cpu_name(), "cores": _all_threads(),
                     "peak_fp32_gmacs": peaks, "torch": version("torch"), "executorch": version("executorch"),

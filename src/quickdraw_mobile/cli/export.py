@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..artifact_names import RUNTIMES, either
 from ..options import CALIBRATION_SIZE
 from .common import METHODS, MethodsHelp, data_dir
 
@@ -26,6 +27,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quant_help() -> str:
+    """What --quant takes for each runtime: the quantization registry's methods, or the runtime's own values."""
+    by_registry = either([r.suffix for r in RUNTIMES if r.quants is None])
+    own = "; ".join(f"--format {r.format} takes {either(list(r.quants))} ({r.display}'s own quantization)"
+                    for r in RUNTIMES if r.quants is not None)
+    return (f"none (FP32, default), int8 (= int8-ptq for a {by_registry}) or, for a {by_registry}, a method of "
+            f"'qdm quantize': {METHODS}" + (f"; {own}" if own else ""))
+
+
 def add_parser(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser(
         "export",
@@ -41,10 +51,9 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
         "FILE.labels.txt.",
     )
     p.add_argument("--model", required=True, help="run folder or 'default'")
-    p.add_argument("--format", required=True, help="pte or onnx")
-    p.add_argument("--quant", default="none", help=f"none (FP32, default), int8 (= int8-ptq for a .pte) or, for a "
-                   f".pte, a method of 'qdm quantize': {METHODS}")
-    p.add_argument("--out", required=True, help="output file (.pte or .onnx)")
+    p.add_argument("--format", required=True, help=either([f"{r.format} ({r.display})" for r in RUNTIMES]))
+    p.add_argument("--quant", default="none", help=_quant_help())
+    p.add_argument("--out", required=True, help=f"output file ({either([r.suffix for r in RUNTIMES])})")
     p.add_argument("--data", default=None, help="the store the model was trained on (required for run folders: "
                    "calibration and verification use the run's own training and test splits); for 'default', "
                    "its bundled real samples are used when omitted")

@@ -2,7 +2,8 @@
 
 - ``pipeline.export_model``: run folder or ``default`` -> verified artifact + metadata.json + labels.txt
 - ``runtime.load_artifact``: any artifact -> ``Artifact`` with ``.labels``, ``.metadata``, ``.run(x) -> logits``
-- ``executorch`` / ``onnx``: the two conversions; ``calibration``: the real drawings they use;
+- ``executorch`` / ``onnx``: the two runtimes (each converts and loads its files; ``artifact_names.RUNTIMES``
+  lists them); ``calibration``: the real drawings they use;
   ``metadata``: the input contract written beside each artifact; ``verify``: exported vs eager;
   ``selfcheck``: the drawings and answers an app re-runs on its device (``run_selfcheck``).
 

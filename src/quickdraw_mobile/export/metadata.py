@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..artifact_names import RUNTIMES, sidecar_paths
+from ..artifact_names import RUNTIMES, either, runtime_of_file, sidecar_paths
 from ..data.render import RENDERER_VERSION
 from ..errors import QDMError
 from ..fileio import read_versioned_json, sha256_file, write_json_atomic, write_text_atomic
@@ -32,11 +32,13 @@ STD = 0.5
 
 
 def runtime_for(path: str | Path) -> str:
-    """``executorch`` for a .pte, ``onnxruntime`` for an .onnx; anything else is an error."""
+    """The name of the runtime that runs ``path`` (``executorch`` for a .pte, ...); anything else is an error."""
     path = Path(path)
-    if path.suffix not in RUNTIMES:
-        raise QDMError(f"{path}: expected an exported model (.pte or .onnx), got {path.suffix or 'no suffix'!r}")
-    return RUNTIMES[path.suffix]
+    runtime = runtime_of_file(path)
+    if runtime is None:
+        raise QDMError(f"{path}: expected an exported model ({either([r.suffix for r in RUNTIMES])}), got "
+                       f"{path.suffix or 'no suffix'!r}")
+    return runtime.name
 
 
 def input_contract(max_batch: int | None) -> dict:

@@ -1,33 +1,42 @@
-"""PyTorch model -> ONNX, FP32 or INT8 (ONNX Runtime static quantization, QDQ format).
+"""The ONNX Runtime runtime (``.onnx``): PyTorch model -> ONNX, FP32 or INT8 (its own static quantization, QDQ
+format), and running the file.
 
 FP32: ``torch.onnx.export(dynamo=True)`` with a dynamic batch dimension and the weights inside the file.
 INT8: ONNX Runtime's ``quant_pre_process`` (shape inference and graph cleanup), then ``quantize_static`` in the
 QDQ format: UINT8 activations (per tensor, asymmetric), INT8 weights per output channel (symmetric), calibrated
 (min/max) on the same real drawings as the .pte. This u8s8 QDQ form was the fastest on the CPUs measured here;
 ORT fuses each DequantizeLinear -> op -> QuantizeLinear into its integer kernels when it loads the model.
+
+Running (``load``) imports neither torch nor anything that does (torch only converts), so an app-like process
+that runs an .onnx stays small. Threads: ONNX Runtime takes them per session.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from ..errors import QDMError
-from .executorch import failure_message
-from .runtime import normalize_pixels
+from .runtime import Forward, Lowered, failure_message, first_line, normalize_pixels
+
+if TYPE_CHECKING:
+    from torch import nn
 
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "logits"
 CALIBRATION_BATCH = 32
+INT8_METHOD = "onnxruntime-int8"  # the method metadata.json names for ONNX Runtime's own static INT8
+INT8_SCHEME = ("ONNX Runtime static QDQ: INT8 weights per output channel (symmetric), UINT8 activations per "
+               "tensor (affine), min/max calibration")
 
 
 def _export_fp32(model: nn.Module, path: Path) -> None:
+    import torch
+
     batch = torch.export.Dim("batch", min=1)
     try:
         # The exporter reports each step on stdout; only its errors matter here.
@@ -65,6 +74,8 @@ def _quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, workdir: Path
 
 def to_onnx(model: nn.Module, quant: str, calibration: np.ndarray | None = None) -> bytes:
     """The .onnx bytes of ``model`` (``quant`` = none | int8)."""
+    import tempfile
+
     if quant not in ("none", "int8"):
         raise QDMError(f"quant: expected none or int8, got {quant!r}")
     with tempfile.TemporaryDirectory(prefix="qdm-onnx-") as tmp:
@@ -88,3 +99,40 @@ def op_counts(data: bytes) -> dict[str, int]:
     for node in onnx.load_from_string(data).graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return dict(sorted(counts.items()))
+
+def convert(model: nn.Module, quant: str, calibration: np.ndarray | None = None) -> Lowered:
+    """The .onnx of ``model``: FP32 (``none``) or ONNX Runtime's static INT8 calibrated on ``calibration``."""
+    from importlib.metadata import version  # here, like torch: a process that only runs an .onnx stays small
+
+    data = to_onnx(model, quant, calibration)
+    backend = {"runtime": "onnxruntime", "onnxruntime": version("onnxruntime"),
+               "provider": "CPUExecutionProvider", "ops": op_counts(data)}
+    if quant == "none":
+        return Lowered(data, backend, method="fp32", scheme="none (float32)")
+    return Lowered(data, backend, method=INT8_METHOD, scheme=INT8_SCHEME)
+
+
+def load(path: Path, threads: int | None) -> tuple[Forward, list, list]:
+    """An ONNX Runtime session's ``run`` on the CPU, and the shapes it declares (a name for the dynamic batch)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: ORT warns about unused initializers and the like
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own pybind error types (InvalidProtobuf, InvalidGraph, Fail, ...)
+        raise QDMError(f"{path}: ONNX Runtime cannot load it ({first_line(exc)}); corrupt or not an .onnx") from exc
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise QDMError(f"{path}: expected 1 input and 1 output, the model has {len(inputs)} and {len(outputs)}")
+    if inputs[0].type != "tensor(float)":
+        raise QDMError(f"{path}: input is {inputs[0].type}, expected tensor(float)")
+    in_name, out_name = inputs[0].name, outputs[0].name
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        return session.run([out_name], {in_name: x})[0]
+
+    return forward, list(inputs[0].shape), list(outputs[0].shape)

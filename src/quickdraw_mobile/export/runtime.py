@@ -1,37 +1,63 @@
 """One way to run an exported model, whatever its runtime: ``load_artifact(path).run(x) -> logits``.
 
 ``load_artifact`` reads the sidecar metadata (checked against the file: name, size, sha256, labels), loads the
-file in its own runtime (``executorch.runtime`` for .pte, ``onnxruntime`` for .onnx) and checks what the runtime
-declares against the metadata: one input of (batch, 1, 28, 28) float32, one output of (batch, num_classes).
-Verification, ``qdm predict``, ``qdm bench`` and the web server all run models through this class.
+file in its own runtime and checks what the runtime declares against the metadata: one input of
+(batch, 1, 28, 28) float32, one output of (batch, num_classes). Verification, ``qdm predict``, ``qdm bench`` and
+the web server all run models through this class.
 
-A .pte is first loaded once in a child process (``_check_pte_loads``): some corrupt files make ExecuTorch's
-Python binding abort the process instead of raising, and a child can die in our place.
-
-Nothing here imports torch unless a .pte is loaded (ExecuTorch's Python binding takes torch tensors), so an
-ONNX Runtime process stays as small as an app's would be.
-
-Threads: ONNX Runtime takes them per session. ExecuTorch's XNNPACK delegate uses one process-wide thread pool,
-which the Python binding can only resize with ``_unsafe_reset_threadpool`` (public since executorch PR 9196,
-"experimental"); the pool is handed to the delegate when a method is loaded, so it is resized before loading.
+A runtime is a line of ``artifact_names.RUNTIMES`` and a module of this package (``executorch``, ``onnx``) with
+the functions of ``RuntimeModule``; ``runtime_module`` imports it when a file of that runtime is first converted
+or loaded. Nothing here imports torch or a runtime, so an ONNX Runtime process stays as small as an app's would be.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import signal
-import subprocess
-import sys
+import importlib
+import re
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
+from ..artifact_names import Runtime, runtime_named
 from ..errors import QDMError
 from .metadata import MEAN, SIDE, STD, read_metadata
 
 Forward = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class Lowered:
+    """What a runtime's ``convert`` made of a model: the file's bytes and how they were made."""
+
+    data: bytes
+    backend: dict  # metadata.json's export fields naming the runtime, its version, backend and operators
+    lowering: list[str] = field(default_factory=list)  # what the runtime took, for the user (qdm export prints it)
+    max_batch: int | None = None  # the largest batch the file takes, when it holds one
+    # a runtime that quantizes with its own tools (``Runtime.quants``) names what it did:
+    method: str | None = None  # fp32, onnxruntime-int8, ...
+    scheme: str | None = None  # one line: weights, activations, granularity
+
+
+class RuntimeModule(Protocol):
+    """What the module named by ``Runtime.module`` provides (two functions; ``probe`` and ``reset_threads`` are
+    optional: ``getattr(module, name, None)``)."""
+
+    def convert(self, model, quant: str, calibration: np.ndarray | None) -> Lowered:
+        """The file's bytes for ``model`` (a torch module). A runtime of the quantization registry's methods
+        (``Runtime.quants`` None) lowers the model as it is given, already quantized, of precision ``quant``;
+        one with its own quantization applies ``quant`` itself, calibrated on ``calibration`` (uint8 bitmaps
+        (N, 784), None for ``none``)."""
+
+    def load(self, path: Path, threads: int | None) -> tuple[Forward, list, list]:
+        """(forward, input shape, output shape) of the file: what its runtime declares (ints, or names for a
+        dynamic dimension); ``threads``: compute threads, None for the runtime's default."""
+
+
+def runtime_module(runtime: Runtime) -> RuntimeModule:
+    return importlib.import_module(runtime.module)
 
 
 def normalize_pixels(pixels: np.ndarray) -> np.ndarray:
@@ -46,121 +72,21 @@ def normalize_pixels(pixels: np.ndarray) -> np.ndarray:
     return x + np.float32(-MEAN / STD)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def quiet_executorch_import() -> None:
-    """Importing ExecuTorch imports torchao, which registers an Enum as a pytree constant: torch 2.14 logs a
-    deprecation warning about it on every start. Nothing for a user to act on."""
-    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
-
-
-# The flatbuffer file identifier of an ExecuTorch program, at bytes 4..8: the first thing ExecuTorch checks.
-PTE_IDENTIFIER = b"ET12"
-PROBE_TIMEOUT_S = 300
-# A child process that loads the program and its method in ExecuTorch, as _open_executorch does (the bare binding
-# registers the same kernels and backends, without importing torch: under a second); a Python error is its one line.
-_PROBE = """import sys
-try:
-    from executorch.extension.pybindings import _C
-    _C._load_program(sys.argv[1]).load_method("forward")
-except Exception as exc:
-    print(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-    sys.exit(3)
-"""
-_probed: set[tuple] = set()  # files this process has seen load in a child: (path, size, mtime, inode)
-
-
-def _check_pte_loads(path: Path) -> None:
-    """A QDMError unless ExecuTorch can load ``path``, found out where a failure cannot take this process down.
-
-    During every call, ExecuTorch's Python binding redirects ``std::cerr`` (where its log goes) into
-    ``sys.stderr`` with pybind11's ``scoped_estream_redirect``, which decodes the text as strict UTF-8 when the
-    stream flushes: after each output, in the destructor of the stream's sentry, where an exception cannot pass.
-    A log line that is not UTF-8 therefore ends the process with ``std::terminate`` (SIGABRT, exit 134) instead of
-    raising. ExecuTorch puts bytes of the file into its log lines (a wrong file identifier, an unknown backend or
-    operator name), so a corrupt .pte whose metadata matches it would abort ``qdm predict``, ``bench`` or
-    ``serve``. Hence: the identifier is checked here, then the file is loaded once in a child process, which may
-    die in our place, before this process loads it."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-        stat = path.stat()
-    except OSError as exc:
-        raise QDMError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-    if head[4:8] != PTE_IDENTIFIER:
-        raise QDMError(f"{path}: ExecuTorch cannot load it (bytes 4..8 are {head[4:8]!r}, not the program "
-                       f"identifier {PTE_IDENTIFIER!r}); corrupt or not a .pte")
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
-    if key in _probed:
-        return
-    try:
-        done = subprocess.run([sys.executable, "-c", _PROBE, str(path)], capture_output=True, text=True,
-                              errors="replace", timeout=PROBE_TIMEOUT_S, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise QDMError(f"{path}: ExecuTorch did not finish loading it within {PROBE_TIMEOUT_S} s") from exc
-    if done.returncode < 0:
-        reason = f"the loader crashed with {signal.Signals(-done.returncode).name}"
-    elif done.returncode:
-        reason = (done.stdout.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-    else:
-        _probed.add(key)
-        return
-    raise QDMError(f"{path}: ExecuTorch cannot load it ({reason}); corrupt or not a .pte")
-
-
-def _open_executorch(path: Path, threads: int | None) -> tuple[Forward, list, list]:
-    quiet_executorch_import()
-    import torch
-    from executorch.extension.pybindings import portable_lib
-    from executorch.runtime import Runtime
-
-    # XNNPACK's thread pool is process-wide: set it on every load, so that an earlier load asking for fewer
-    # threads does not slow this one down (None: all cores, ExecuTorch's own default)
-    portable_lib._unsafe_reset_threadpool(threads or os.cpu_count() or 1)
-    try:
-        program = Runtime.get().load_program(path)
-        method = program.load_method("forward")
-    except (RuntimeError, ValueError) as exc:
-        raise QDMError(f"{path}: ExecuTorch cannot load it ({_first_line(exc)}); corrupt or not a .pte") from exc
-    meta = method.metadata
-    if meta.num_inputs() != 1 or meta.num_outputs() != 1:
-        raise QDMError(f"{path}: expected 1 input and 1 output, the program has {meta.num_inputs()} and "
-                       f"{meta.num_outputs()}")
-    in_shape = list(meta.input_tensor_meta(0).sizes())  # the upper bound of each dimension
-    out_shape = list(meta.output_tensor_meta(0).sizes())
-
-    def forward(x: np.ndarray, _program=program) -> np.ndarray:  # the default keeps the program alive
-        return method.execute([torch.from_numpy(x)])[0].numpy()
-
-    return forward, in_shape, out_shape
-
-
-def _open_onnxruntime(path: Path, threads: int | None) -> tuple[Forward, list, list]:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: ORT warns about unused initializers and the like
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT raises its own pybind error types (InvalidProtobuf, InvalidGraph, Fail, ...)
-        raise QDMError(f"{path}: ONNX Runtime cannot load it ({_first_line(exc)}); corrupt or not an .onnx") from exc
-    inputs, outputs = session.get_inputs(), session.get_outputs()
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise QDMError(f"{path}: expected 1 input and 1 output, the model has {len(inputs)} and {len(outputs)}")
-    if inputs[0].type != "tensor(float)":
-        raise QDMError(f"{path}: input is {inputs[0].type}, expected tensor(float)")
-    in_name, out_name = inputs[0].name, outputs[0].name
-
-    def forward(x: np.ndarray) -> np.ndarray:
-        return session.run([out_name], {in_name: x})[0]
-
-    return forward, list(inputs[0].shape), list(outputs[0].shape)
+def failure_message(stage: str, exc: BaseException) -> str:
+    """One line naming the stage, the operator when the error names one, and the error's first line."""
+    texts = []
+    while exc is not None and len(texts) < 5:
+        texts.append(str(exc))
+        exc = exc.__cause__ or exc.__context__
+    ops = re.findall(r"aten[.:]{1,2}[a-zA-Z_][\w]*", "\n".join(texts))
+    first = next((line.strip() for t in texts for line in t.splitlines() if line.strip()), "unknown error")
+    first = re.sub(r"\x1b\[[0-9;]*m", "", first)[:300]
+    return f"{stage} failed" + (f" at operator {ops[0].replace('::', '.')}" if ops else "") + f": {first}"
 
 
 class Artifact:
@@ -168,18 +94,24 @@ class Artifact:
 
     def __init__(self, path: str | Path, metadata: dict, labels: list[str], threads: int | None = None,
                  probe: bool = True):
-        """``probe=False`` skips loading a .pte in a child process first: only for bytes this process just
-        serialized itself (the export's own verification), never for a file from outside."""
+        """``probe=False`` skips the runtime's check before loading (a .pte is loaded in a child process first):
+        only for bytes this process just serialized itself (the export's own verification), never for a file
+        from outside."""
         self.path = Path(path)
         self.metadata = metadata
         self.labels = labels
         self.runtime = metadata["artifact"]["runtime"]
         self.num_classes = int(metadata["num_classes"])
         self.max_batch = metadata["input"].get("batch", {}).get("max")
-        opener = _open_executorch if self.runtime == "executorch" else _open_onnxruntime
-        if probe and self.runtime == "executorch":
-            _check_pte_loads(self.path)
-        self._forward, in_shape, out_shape = opener(self.path, threads)
+        spec = runtime_named(self.runtime)
+        if spec is None:
+            raise QDMError(f"{self.path}: its metadata names runtime {self.runtime!r}, which no runtime is")
+        self.fixed_max_batch = spec.fixed_max_batch
+        module = runtime_module(spec)
+        check_loads = getattr(module, "probe", None)
+        if probe and check_loads is not None:
+            check_loads(self.path)
+        self._forward, in_shape, out_shape = module.load(self.path, threads)
         self._check_shapes(in_shape, out_shape)
 
     def _check_shapes(self, in_shape: list, out_shape: list) -> None:
@@ -190,7 +122,7 @@ class Artifact:
         if len(out_shape) != 2 or (isinstance(out_shape[1], int) and out_shape[1] != self.num_classes):
             raise QDMError(f"{where} gives {out_shape[1] if len(out_shape) == 2 else out_shape} outputs per "
                            f"drawing, metadata says {self.num_classes} classes")
-        if self.runtime == "executorch" and self.max_batch is not None and in_shape[0] != self.max_batch:
+        if self.fixed_max_batch and self.max_batch is not None and in_shape[0] != self.max_batch:
             raise QDMError(f"{where} takes batches of up to {in_shape[0]}, metadata says {self.max_batch}")
 
     @property
@@ -224,7 +156,7 @@ class Artifact:
 
 
 def load_artifact(path: str | Path, threads: int | None = None, probe: bool = True) -> Artifact:
-    """Load a .pte or .onnx with its checked sidecars. ``threads``: compute threads (None: the runtime's default);
+    """Load an artifact (.pte, .onnx, ...) with its checked sidecars. ``threads``: compute threads (None: the runtime's default);
     ``probe``: see ``Artifact`` (False only for files this process wrote itself)."""
     metadata, labels = read_metadata(path)
     return Artifact(path, metadata, labels, threads=threads, probe=probe)

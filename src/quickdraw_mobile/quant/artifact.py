@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import QDMError
-from ..export.executorch import PTE_MAX_BATCH
+from ..export.executorch import PTE_MAX_BATCH, backend_info
 from ..export.metadata import build_metadata, write_sidecars
 from ..fileio import atomic_path
 from .registry import QuantizedModel
@@ -25,10 +25,9 @@ def save_pte(qm: QuantizedModel, out: str | Path, labels: list[str], model_info:
     if out.suffix != ".pte":
         raise QDMError(f"{out}: expected a file name ending in .pte")
     data, report = qm.to_pte()
-    export_info = {"tool": f"quickdraw-mobile {__version__}", "torch": version("torch"), "runtime": "executorch",
-                   "executorch": version("executorch"), "backend": "XNNPACK", "delegated_ops": report.delegated,
-                   "not_delegated_ops": report.not_delegated, "method": qm.method, "bits": qm.bits,
-                   "quantization": qm.scheme, "notes": qm.notes, "calibration": calibration}
+    export_info = {"tool": f"quickdraw-mobile {__version__}", "torch": version("torch"), **backend_info(report),
+                   "method": qm.method, "bits": qm.bits, "quantization": qm.scheme, "notes": qm.notes,
+                   "calibration": calibration}
     with atomic_path(out) as tmp:
         tmp.write_bytes(data)
         metadata = build_metadata(name=out.name, written=tmp, quant=qm.precision, method=qm.method, classes=labels,

@@ -27,8 +27,7 @@ from torch.fx import GraphModule, Node
 from tqdm.auto import tqdm
 
 from ..errors import QDMError
-from ..export.executorch import export_dynamic, failure_message
-from ..export.runtime import quiet_executorch_import
+from ..export.executorch import export_dynamic, failure_message, quiet_executorch_import
 from .finetune import TrainingData, fine_tune
 from .registry import GRAPH_MAX_BATCH, QuantizedModel, register_method
 from .scaling import ScaledInput, set_module
