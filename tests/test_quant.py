@@ -118,8 +118,8 @@ def toy_method():
 
 
 def test_a_method_registered_in_one_place_appears_everywhere(toy_method, tmp_path, capsys):
-    from quickdraw_mobile.modelref import default_model_dir
     from quickdraw_mobile import runfolder as ckpt
+    from quickdraw_mobile.modelref import default_model_dir
 
     names = list_methods()
     assert names.index(toy_method) == names.index("int8-mixed") + 1  # its declared place in the table

@@ -269,6 +269,7 @@ def stage_quantize(ctx: Context) -> QuantizeResult:
 
 
 def stage_export(ctx: Context) -> ExportResult:
+    from .artifact_names import export_file_name
     from .bench.runner import EXPORTS
     from .export.metadata import sidecar_paths
     from .export.pipeline import export_model
@@ -278,7 +279,7 @@ def stage_export(ctx: Context) -> ExportResult:
     trained, store = ctx.results["train"], ctx.results["data"].store
     artifacts = []
     for fmt, quant in EXPORTS:  # FP32 and INT8 .pte and .onnx, the four files bench compares
-        path = out / f"{trained.model}_{'int8' if quant == 'int8' else 'fp32'}.{fmt}"
+        path = out / export_file_name(trained.model, fmt, quant)
         meta = export_model(trained.run.root, fmt, quant, path, data_dir=store,
                             **options)  # verified in its runtime against eager before it is written
         export = meta["export"]

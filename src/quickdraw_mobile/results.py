@@ -7,7 +7,7 @@ paths as strings; ``from_json`` reads it back for a cached stage, and raises ``K
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
 from .runfolder import RunFolder
@@ -34,7 +34,8 @@ class StageResult:
 
     @classmethod
     def from_json(cls, values: dict):
-        return cls(**{f.name: Path(values[f.name]) if f.type == "Path" else values[f.name] for f in fields(cls)})
+        present = [f for f in fields(cls) if f.name in values or f.default is MISSING]  # a newer field keeps its default
+        return cls(**{f.name: Path(values[f.name]) if f.type == "Path" else values[f.name] for f in present})
 
 
 @dataclass
@@ -138,6 +139,7 @@ class ExportedArtifact(StageResult):
     lowering: list[str]
     ops: dict  # delegated / not delegated operators (.pte) or operators and provider (.onnx)
     calibration: dict | None  # INT8 only
+    method: str | None = None  # how it was made: a quantization method (fp32, int8-ptq) or onnxruntime-int8
 
 
 @dataclass
