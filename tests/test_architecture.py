@@ -11,7 +11,7 @@ MAX_FUNCTION_LINES = 80
 
 # Lowest first; a module belongs to the first entry whose name is it or its package (longest match wins).
 LAYERS = [
-    ("foundation", ["quickdraw_mobile", "errors", "options", "artifact_names", "fileio", "figures"]),
+    ("foundation", ["quickdraw_mobile", "errors", "options", "artifact_names", "fileio", "figures", "device"]),
     ("data", ["data"]),
     ("models", ["models"]),
     ("runs", ["runfolder", "results", "inference"]),

@@ -66,14 +66,8 @@ def peak_gmacs(threads: int, size: int = 1024, repeats: int = 10, dtype: str = "
 
 def conv_peak_gmacs(threads: int, channels: int = 256, size: int = 7, batch: int = 64, repeats: int = 10,
                     dtype: str = "float32") -> float:
-    """GMAC/s of the best of ``repeats`` dense 3x3 convolutions (``channels`` in and out, ``size`` x ``size``,
-    channels_last, inference) of ``dtype``. On some CPUs the convolution library (oneDNN) gets more out of the
-    cores than the matmul one (``benchmarks/bench_train.py`` prints both), so a CNN is better read against this."""
-    import torch
+    """GMAC/s of a dense 3x3 convolution of ``dtype`` on ``threads`` threads: ``device.conv_peak_gmacs`` (there,
+    below training, whose log reads its steps against it)."""
+    from ..device import conv_peak_gmacs as measured
 
-    conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False).to(getattr(torch, dtype))
-    conv = conv.to(memory_format=torch.channels_last)
-    x = torch.randn(batch, channels, size, size, dtype=getattr(torch, dtype)).to(memory_format=torch.channels_last)
-    with torch.no_grad():
-        seconds = _best_seconds(threads, lambda: conv(x), repeats)
-    return batch * channels * channels * 9 * size * size / seconds / 1e9
+    return measured(threads, channels, size, batch, repeats, dtype)
