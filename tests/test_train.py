@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -16,6 +17,7 @@ import torch
 from conftest import TINY_CLASSES, TINY_TRAIN, stroke_lines
 from safetensors.torch import load_file
 
+from quickdraw_mobile import runfolder
 from quickdraw_mobile.cli import main as qdm
 from quickdraw_mobile.data.store import Store
 from quickdraw_mobile.errors import QDMError
@@ -66,6 +68,61 @@ def test_resume_is_bit_exact(tiny_store, tiny_run, tmp_path):
         assert torch.equal(uninterrupted[key], resumed[key]), key
     assert (out / "metrics.csv").read_text() .split("\n")[1].split(",")[:5] == \
         (tiny_run / "metrics.csv").read_text().split("\n")[1].split(",")[:5]
+
+
+@contextlib.contextmanager
+def _saved_as_if_on_cuda():
+    """torch.save tags every CPU storage with the location "cuda:0", as a file written on a GPU is tagged."""
+    from torch import serialization
+
+    def tag(storage):
+        return "cuda:0" if storage.device.type == "cpu" else None
+
+    serialization.register_package(-1, tag, lambda obj, location: None)
+    try:
+        yield
+    finally:
+        serialization._package_registry[:] = [e for e in serialization._package_registry if e[1] is not tag]
+
+
+def test_a_gpu_checkpoint_resumes_on_the_cpu_bit_exactly(tiny_store, tiny_run, tmp_path):
+    out = tmp_path / "from_gpu"
+    train(from_dict({**TINY, "device": "auto"}), tiny_store, out, progress=False, stop_after_steps=5)
+    last = out / "checkpoints" / "last.pt"
+    state = runfolder.load_checkpoint(last)
+    with _saved_as_if_on_cuda():
+        runfolder.save_checkpoint(last, state)
+    if not torch.cuda.is_available():  # the file really names a GPU: plain loading needs one
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(last, weights_only=True)
+    loaded = runfolder.load_checkpoint(last)  # map_location="cpu"
+    assert all(t.device.type == "cpu" for t in loaded["model"].values())
+    assert qdm(["train", "--resume", str(out), "--data", str(tiny_store), "--device", "cpu"]) == 0
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["complete"] and summary["device"] == "cpu" and summary["autocast"] == "float32"
+    reference, resumed = load_file(tiny_run / "model.safetensors"), load_file(out / "model.safetensors")
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+
+
+def test_device_flag_errors_and_summary(tiny_store, tmp_path, capsys):
+    absent = "mps" if not getattr(torch.backends, "mps", None) or not torch.backends.mps.is_available() else "cuda:99"
+    assert qdm(["train", "--data", str(tiny_store), "--out", str(tmp_path / "r"), "--device", absent]) != 0
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"error: --device {absent}: no ") and "(available: cpu" in line, line
+    assert not (tmp_path / "r" / "checkpoints").exists()
+    summary = train(from_dict({**TINY, "epochs": 1, "device": "cpu"}), tiny_store, tmp_path / "cpu", progress=False)
+    assert (summary["device"], summary["autocast"], summary["world_size"]) == ("cpu", "float32", 1)
+    assert summary["device_name"].startswith("CPU") and summary["train_macs"] > 2 * summary["macs"]
+    assert summary["mfu"] is None and summary["peak_source"] == "not measured"  # a tiny run: no peak measured
+    assert summary["samples_per_s"] > 0
+
+
+def test_mfu_is_macs_times_rate_over_the_peak():
+    from quickdraw_mobile.train.loop import mfu
+
+    assert mfu(1_000_000, 500.0, 100.0, 1) == pytest.approx(0.005)
+    assert mfu(1_000_000, 500.0, 100.0, 2) == pytest.approx(0.0025)  # the peak of every process
+    assert mfu(1_000_000, 500.0, None, 1) is None
 
 
 def test_mixed_run_resumes_bit_exactly(tiny_store, tiny_run, tmp_path):
@@ -211,6 +268,7 @@ def test_two_process_ddp(tiny_store, tiny_run, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["complete"]
+    assert (summary["device"], summary["ddp_backend"]) == ("cpu", "gloo")  # auto on a CPU machine: gloo ranks
     assert (out / "model.safetensors").exists()
     cfg = load_config(out / "config.yaml")
     split = Store.open(tiny_store).splits(cfg.split_spec())["train"]

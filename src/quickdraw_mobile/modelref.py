@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from .artifact_names import is_artifact
+from .device import resolve_device
 from .errors import QDMError
 from .models import create_model
 from .models.profile import describe
@@ -49,8 +50,9 @@ def resolve_run(ref: str | Path) -> RunFolder:
     return RunFolder(path).check()
 
 
-def load_model(ref: str | Path) -> LoadedModel:
-    """Build the model of a run folder (or ``default``) and load its best weights, in eval mode."""
+def load_model(ref: str | Path, device: str = "cpu") -> LoadedModel:
+    """Build the model of a run folder (or ``default``) and load its best weights (read onto the CPU, wherever
+    they were trained), in eval mode, on ``device`` (``device.resolve_device``: auto, cpu, cuda, cuda:N, mps)."""
     run = resolve_run(ref)
     config = load_config(run.config_path)
     labels = run.read_labels()
@@ -62,7 +64,7 @@ def load_model(ref: str | Path) -> LoadedModel:
         first = str(exc).strip().splitlines()[0]
         raise QDMError(f"{run.weights_path}: does not match model {config.model!r} with {len(labels)} "
                        f"classes ({first})") from exc
-    return LoadedModel(model.eval(), labels, config, run)
+    return LoadedModel(model.eval().to(resolve_device(device)), labels, config, run)
 
 
 def describe_model(loaded: LoadedModel) -> dict:

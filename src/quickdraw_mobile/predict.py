@@ -45,7 +45,9 @@ def top_k(probs: np.ndarray, labels: list[str], k: int) -> list[dict]:
             for p, row in zip(probs, order, strict=True)]
 
 
-def predict_file(model_ref: str, input_path: str | Path, out: str | Path, k: int = 5) -> int:
+def predict_file(model_ref: str, input_path: str | Path, out: str | Path, k: int = 5, device: str = "cpu") -> int:
+    """Top-``k`` of every drawing of ``input_path`` into the JSON lines file ``out``; an eager model runs on
+    ``device`` (an exported artifact in its own runtime, on the CPU)."""
     if k < 1:
         raise QDMError(f"--top-k: expected a positive number, got {k}")
     pixels = load_input_bitmaps(Path(input_path))
@@ -55,7 +57,7 @@ def predict_file(model_ref: str, input_path: str | Path, out: str | Path, k: int
         artifact = load_artifact(model_ref)
         logits, labels = artifact.run_pixels(pixels), artifact.labels
     else:
-        loaded = load_model(model_ref)
+        loaded = load_model(model_ref, device)
         logits, labels = logits_for_pixels(loaded.model, pixels), loaded.labels
     check_finite(logits, f"{model_ref}: the model", f"drawings of {input_path}")  # NaN probabilities: not JSON
     probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import data_dir
+from .common import add_device_option, data_dir
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ..evaluate.runner import evaluate
 
-    metrics = evaluate(args.model, data_dir(args.data), args.out, split=args.split, plots=not args.no_plots)
+    metrics = evaluate(args.model, data_dir(args.data), args.out, split=args.split, plots=not args.no_plots,
+                       device=args.device)
     print(f"{args.split}: top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  MAP@3 {metrics['map3']:.4f}"
           f"  ({metrics['n']} drawings) -> {Path(args.out) / 'metrics.json'}")
     return 0
@@ -26,4 +27,5 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", help="test (default), val or train")
     p.add_argument("--out", required=True, help="output folder for metrics.json and plots")
     p.add_argument("--no-plots", action="store_true", help="metrics only")
+    add_device_option(p)
     p.set_defaults(func=_cmd_evaluate)

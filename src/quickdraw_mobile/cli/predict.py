@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from .common import add_device_option
+
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from ..predict import predict_file
 
-    count = predict_file(args.model, args.input, args.out, k=args.top_k)
+    count = predict_file(args.model, args.input, args.out, k=args.top_k, device=args.device)
     print(f"{args.out}: {count} predictions")
     return 0
 
@@ -24,4 +26,5 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--input", required=True, help="(N, 784) or (N, 28, 28) uint8 .npy, or .ndjson of drawings")
     p.add_argument("--out", required=True, help="output .jsonl")
     p.add_argument("--top-k", type=int, default=5, help="classes per drawing (default 5)")
+    add_device_option(p, "a run folder's model")
     p.set_defaults(func=_cmd_predict)

@@ -9,7 +9,9 @@ import typing
 from ..errors import QDMError
 from .common import data_dir
 
-RESUME_OPTIONS = {"epochs"}  # what --resume may change; everything else comes from the run's config.yaml
+# what --resume may change: its length, and where it computes (checkpoints load onto any device); everything
+# else comes from the run's config.yaml
+RESUME_OPTIONS = {"epochs", "device"}
 
 
 def _config_leaves():
@@ -102,8 +104,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
                    if name not in RESUME_OPTIONS and getattr(args, name, None) is not None]
         if refused:
             raise QDMError(f"{', '.join(refused)}: not allowed with --resume (a run continues with its own "
-                           "config.yaml; only --epochs may change its length); start a new run with --out instead")
-        summary = train(None, data_dir(args.data), args.resume, resume=True, epochs=args.epochs)
+                           "config.yaml; only --epochs may change its length, --device where it runs); start a new run "
+                               "with --out instead")
+        summary = train(None, data_dir(args.data), args.resume, resume=True, epochs=args.epochs,
+                        device=overrides.get("device"))
     else:
         if not args.out:
             raise QDMError("--out: required (the run folder to create), or use --resume RUN_DIR")
@@ -120,8 +124,8 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
         description="Train a registered model (see 'qdm models'). The run folder gets the resolved config.yaml, "
         "model.safetensors (best on validation), labels.txt, metrics.csv, TensorBoard events and checkpoints/ "
         "(best.pt, last.pt). Ctrl-C stops cleanly and prints the command that continues the run: --resume RUN_DIR "
-        "--data STORE continues bit-exactly with the run's own config.yaml. With --resume, only --epochs may be "
-        "given: it changes the run's length (config.yaml is updated and the cosine schedule recomputed over the new "
+        "--data STORE continues bit-exactly with the run's own config.yaml. With --resume, only --epochs and --device may be "
+        "given (a run trained on a GPU continues on a CPU and the reverse); --epochs changes the run's length (config.yaml is updated and the cosine schedule recomputed over the new "
         "length, so the result differs from a run started with that many epochs). Under "
         "'torchrun --nproc_per_node N' it trains with DistributedDataParallel.",
     )
@@ -130,6 +134,7 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=None, help="YAML file of training options (see configs/)")
     p.add_argument("--out", default=None, help="run folder to create")
     p.add_argument("--resume", default=None, metavar="RUN_DIR",
-                   help="continue an interrupted run with its own config (only --epochs may be given, to change its length)")
+                   help="continue an interrupted run with its own config (only --epochs, to change its length, and "
+                   "--device may be given)")
     p.set_defaults(func=_cmd_train)
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..device import to_device
 from ..errors import QDMError
 from ..options import option
 from .store import Split
@@ -125,7 +126,8 @@ def _affine_grid(theta: torch.Tensor) -> torch.Tensor:
     affine_grid's batched matmul over 3-element rows costs ~2 ms for a batch of 256; this ~0.1 ms.
     """
     batch = theta.shape[0]
-    return (theta.reshape(2 * batch, 3) @ _BASE_POINTS).view(batch, 2, SIDE, SIDE).permute(0, 2, 3, 1)
+    points = _BASE_POINTS.to(theta.device)
+    return (theta.reshape(2 * batch, 3) @ points).view(batch, 2, SIDE, SIDE).permute(0, 2, 3, 1)
 
 
 def _ink_box(xs: torch.Tensor, ys: torch.Tensor, blank: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -146,7 +148,7 @@ def _reframe(theta: torch.Tensor, ink: torch.Tensor) -> torch.Tensor:
     """
     batch = len(theta)
     blank = ink.reshape(batch, SIDE * SIDE) <= 0
-    xs, ys = _BASE_POINTS[0], _BASE_POINTS[1]  # pixel centres, (784,) each
+    xs, ys = _BASE_POINTS[0].to(theta.device), _BASE_POINTS[1].to(theta.device)  # pixel centres, (784,) each
     a, b, c, d = (theta[:, i, j, None] for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)))  # input = [[a b] [c d]] out + t
     det = a * d - b * c
     dx, dy = xs - theta[:, 0, 2, None], ys - theta[:, 1, 2, None]
@@ -166,7 +168,7 @@ def _reframe(theta: torch.Tensor, ink: torch.Tensor) -> torch.Tensor:
 
 def _warp_ink(ink: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
     # On ink above background, grid_sample's zero padding is exactly "background moves in from outside".
-    theta = _random_affines(len(ink), cfg, generator)
+    theta = _random_affines(len(ink), cfg, generator).to(ink.device)  # drawn on the host, applied where ink is
     grid = _affine_grid(_reframe(theta, ink) if cfg.reframe else theta)
     return torch.nn.functional.grid_sample(ink, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
@@ -201,7 +203,7 @@ class BatchLoader:
     def __init__(self, split: Split, batch_size: int, *, shuffle: bool = True,
                  augment: AugmentConfig | None = None, balanced: bool = False, seed: int = 0, rank: int = 0,
                  world_size: int = 1, drop_last: bool = False, prefetch: int = 2,
-                 channels_last: bool = False):
+                 channels_last: bool = False, device: torch.device | None = None):
         if batch_size < 1:
             raise QDMError(f"batch_size: expected a positive count, got {batch_size}")
         if seed < 0:
@@ -224,6 +226,9 @@ class BatchLoader:
         self.drop_last = drop_last
         self.prefetch = prefetch
         self.channels_last = channels_last
+        # Off the CPU, the uint8 rows go to the device (pinned, non-blocking on CUDA: a quarter of the float
+        # bytes) and are normalized and augmented there; the random draws stay on the host, the same as here.
+        self.device = device if device is not None and device.type != "cpu" else None
         self.epoch = 0
         self.samples_per_rank = total // world_size if drop_last else -(-total // world_size)
         self._num_batches = (self.samples_per_rank // batch_size if drop_last
@@ -309,11 +314,16 @@ class BatchLoader:
             labels = torch.from_numpy(labels)
             for k in range(batch, last):
                 lo, hi = (k - batch) * size, (k - batch + 1) * size
-                ink = _ink(pixels[lo:hi])  # per batch, so the floats stay in cache
+                rows = pixels[lo:hi]
+                if self.device is not None:
+                    rows = to_device(torch.from_numpy(rows), self.device)
+                ink = _ink(rows)  # per batch, so the floats stay in cache
                 if self.augment is not None:  # = augment_batch(normalize(...)), two passes fewer
                     global_batch = k * self.world_size + self.rank
                     ink = _warp_ink(ink, self.augment, _generator_for(self.seed, epoch, global_batch))
                 x, y = ink.add_(BACKGROUND), labels[lo:hi]
+                if self.device is not None:
+                    y = to_device(y, self.device)
                 if self.channels_last:  # one channel: both layouts hold the same bytes, only strides differ
                     x = x.contiguous().as_strided(x.shape, (SIDE * SIDE, 1, SIDE, 1))
                 yield x, y

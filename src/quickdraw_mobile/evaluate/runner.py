@@ -16,11 +16,12 @@ from .plots import write_all_plots
 
 
 def evaluate(model_ref: str | Path, data_dir: str | Path, out: str | Path, split: str = "test",
-             batch_size: int = 1024, plots: bool = True) -> dict:
-    """Evaluate on ``split`` (default: test, which training never sees) with the run's own split settings."""
+             batch_size: int = 1024, plots: bool = True, device: str = "cpu") -> dict:
+    """Evaluate on ``split`` (default: test, which training never sees) with the run's own split settings, the
+    model on ``device`` (auto, cpu, cuda, cuda:N, mps)."""
     if split not in ("test", "val", "train"):
         raise QDMError(f"--split: expected test, val or train, got {split!r}")
-    loaded = load_model(model_ref)
+    loaded = load_model(model_ref, device)
     cfg = loaded.config
     spec = cfg.split_spec()
     splits = Store.open(data_dir).model_splits(spec, loaded.labels, "evaluate on data with the same classes")

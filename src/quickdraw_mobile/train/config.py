@@ -60,7 +60,9 @@ class TrainConfig:
     distill: DistillConfig = option(help="distillation from trained runs (see train.distill)", factory=DistillConfig)
     # execution
     seed: int = option(0, "seed for init, batch order, augmentation and dropout")
-    bf16: bool = option(False, "bfloat16 autocast for the forward pass")
+    device: str = option("auto", "where to train: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
+    bf16: bool = option(False, "bfloat16 autocast for the forward pass on the CPU (on CUDA autocast is always on)")
+    compile: bool = option(False, "torch.compile the model (unmeasured here; off unless it pays)")
     channels_last: bool = option(True, "channels-last memory format")
     threads: int = option(0, "torch intra-op threads (0 = all cores, divided among DDP ranks)")
     eval_batch_size: int = option(1024, "batch size of validation and of the teachers' labelling")

@@ -10,6 +10,11 @@ A fresh run writes ``last.pt`` before its first step, so a run folder that holds
 epoch's end the files are written best.pt and weights, then last.pt, then metrics.csv; the checkpoints carry the
 metrics rows too, and a resume rewrites metrics.csv from them, so whatever a kill or a failed write interrupts,
 the next resume continues from the last good checkpoint with exactly one metrics row per finished epoch.
+
+Where it trains is ``cfg.device`` (or ``train(device=...)``, which a resume may change: checkpoints load onto the
+CPU first, so a run trained on a GPU continues on a CPU and the reverse). The log and ``train_summary.json`` say
+where it ran (device, its name, autocast dtype, world size) and the achieved share of the machine's peak (MFU:
+training MACs per drawing x drawings/s / peak; see ``device.peak_gmacs_of``).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .. import device as devices
 from .. import runfolder as ckpt
 from ..data.loader import BatchLoader
 from ..data.store import Store
@@ -42,7 +48,7 @@ from ..fileio import (
 )
 from ..inference import logits_for_split
 from ..models import create_model
-from ..models.profile import count_macs, count_params
+from ..models.profile import count_macs, count_params, count_train_macs
 from . import distill, teachers
 from .config import TrainConfig, load_config
 from .distributed import DistContext, all_reduce_sum, broadcast_flag, setup, teardown
@@ -162,6 +168,7 @@ def train(
     epochs: int | None = None,
     progress: bool = True,
     stop_after_steps: int | None = None,
+    device: str | None = None,
 ) -> dict:
     """Train ``cfg.model`` on the store at ``data_dir`` into the run folder ``out``; returns the run summary.
 
@@ -169,18 +176,29 @@ def train(
     changes its length (at least the epochs already done; config.yaml is updated, and the cosine learning-rate
     schedule is recomputed over the new length from the current step on, so the result is not that of a run
     started with that many epochs). ``stop_after_steps`` ends this invocation cleanly after that many optimizer
-    steps, leaving a checkpoint that ``resume=True`` continues from (the same happens on Ctrl-C).
+    steps, leaving a checkpoint that ``resume=True`` continues from (the same happens on Ctrl-C). ``device``
+    (auto, cpu, cuda, cuda:N, mps) overrides the config's, on resume too: where a run computes is not its recipe.
     """
     if epochs is not None and not resume:
         raise QDMError("epochs: only for a resume; a new run takes its epochs from its config")
     out = Path(out)
-    ctx = setup()
+    ctx = setup(devices.resolve_device(_device_choice(cfg, out, resume, device)))
+    devices.apply_backend_settings(ctx.device)
     try:
         with _interrupt_at_step_boundary() as stop_requested:
             return _train(cfg, Path(data_dir), out, ctx, resume, epochs, progress, stop_after_steps,
                           stop_requested)
     finally:
         teardown(ctx)
+
+
+def _device_choice(cfg: TrainConfig | None, out: Path, resume: bool, device: str | None) -> str:
+    """The ``--device`` of this invocation: the given one, else the run's config (its config.yaml on resume)."""
+    if device is not None:
+        return device
+    if resume:
+        return load_config(out / ckpt.CONFIG).device if (out / ckpt.CONFIG).is_file() else "auto"
+    return cfg.device if cfg is not None else "auto"
 
 
 @dataclass
@@ -226,6 +244,7 @@ class _Run:
     soft_table: np.ndarray | None
     pos: Position
     info: dict  # model, params, macs and class count, for the summary
+    peak: tuple[float | None, str] = (None, "not measured")  # the machine's GMAC/s and where that comes from
 
     @property
     def steps_per_epoch(self) -> int:
@@ -275,23 +294,45 @@ def _build_run(cfg, data_dir, out, ctx, state, progress, stop_requested) -> _Run
     classes = splits["train"].classes
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, num_classes=len(classes), **cfg.model_kwargs)
-    info = {"model": cfg.model, "params": count_params(model), "macs": count_macs(model), "classes": len(classes)}
+    with torch.random.fork_rng(devices=[]):  # a train-mode pass may draw dropout masks: not from the run's RNG
+        train_macs = count_train_macs(model)
+    info = {"model": cfg.model, "params": count_params(model), "macs": count_macs(model), "train_macs": train_macs,
+            "classes": len(classes)}
     loader = BatchLoader(splits["train"], cfg.batch_size, shuffle=True, augment=cfg.augmentation(),
                          balanced=cfg.balanced, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size,
-                         drop_last=True, channels_last=cfg.channels_last)
+                         drop_last=True, channels_last=cfg.channels_last, device=ctx.device)
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise QDMError(f"{data_dir}: fewer training rows ({len(splits['train'])}) than one batch "
                        f"({cfg.batch_size} x {ctx.world_size} ranks); lower batch_size")
     total_steps = steps_per_epoch * cfg.epochs
     trainer = TrainStep(cfg, model, lambda step: lr_at(cfg, step, total_steps, steps_per_epoch),
-                        class_counts=splits["train"].counts, state=state, rank=ctx.rank, distributed=ctx.enabled)
+                        class_counts=splits["train"].counts, state=state, rank=ctx.rank, distributed=ctx.enabled,
+                        device=ctx.device)
     soft_table = (teachers.soft_targets(cfg.distill, splits["train"], classes, out, ctx, resume=state is not None,
                                         batch_size=cfg.eval_batch_size, bf16=cfg.bf16,
                                         progress=progress and ctx.is_main, stop=stop_requested)
                   if cfg.distill.enabled else None)
+    info.update(device=str(ctx.device), device_name=devices.device_name(ctx.device),
+                autocast=trainer.precision.name, compiled=cfg.compile,
+                ddp_backend=devices.ddp_backend(ctx.device) if ctx.enabled else None)
+    peak = devices.peak_gmacs_of(ctx.device, trainer.precision, threads=torch.get_num_threads(),
+                                 measure=ctx.is_main and steps_per_epoch * cfg.epochs >= MFU_MIN_STEPS)
     return _Run(cfg, data_dir, out, ctx, progress, splits, trainer, loader, soft_table,
-                Position.restore(state, out), info)
+                Position.restore(state, out), info, peak)
+
+
+# A run of fewer steps does not measure the CPU's peak for its MFU (a second of 3x3 convolutions would be a good
+# share of it: the test suite's runs); its summary says so ("peak_source": "not measured", "mfu": null).
+MFU_MIN_STEPS = 100
+
+
+def mfu(train_macs: int, samples_per_s: float, peak_gmacs: float | None, world_size: int) -> float | None:
+    """Model FLOPs utilization, as nanoGPT reports it: the training MACs done per second over the peak of all
+    ``world_size`` processes (each with ``peak_gmacs``); None without a peak."""
+    if peak_gmacs is None or peak_gmacs <= 0:
+        return None
+    return train_macs * samples_per_s / (peak_gmacs * 1e9 * world_size)
 
 
 def _write_start(run: _Run, resume: bool, new_length, source: Path | None) -> None:
@@ -382,9 +423,11 @@ def _end_epoch(run: _Run, samples: int, epoch_start: float, writer) -> bool:
             ckpt.save_checkpoint(run.out / ckpt.CHECKPOINTS / ckpt.LAST, run.snapshot())
             ckpt.write_metrics_csv(run.out / ckpt.METRICS, pos.history)  # after last.pt, which holds the rows too
         if run.progress:
+            used = mfu(run.info["train_macs"], row["samples_per_s"], run.peak[0], ctx.world_size)
             tqdm.write(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}"
                        f" | val loss {val_loss:.4f} top-1 {val_top1:.4f}"
-                       f"{' (best)' if improved else ''} | {row['samples_per_s']:.0f} samples/s")
+                       f"{' (best)' if improved else ''} | {row['samples_per_s']:.0f} samples/s"
+                       f"{f' | MFU {used:.1%}' if used is not None else ''}")
     return stopped_early
 
 
@@ -436,7 +479,15 @@ def _summary(run: _Run, interrupted: bool, stopped_early: bool, started: float, 
         "train_seconds_this_call": time.perf_counter() - started,
         "cpu_seconds_this_call": time.process_time() - cpu_started,  # all threads of this process
         "threads": torch.get_num_threads(), "world_size": run.ctx.world_size,
+        **_utilization(run),
     }
+
+
+def _utilization(run: _Run) -> dict:
+    """The last epoch's drawings/s and its share of the machine's peak (None before an epoch ends)."""
+    sps = run.pos.history[-1]["samples_per_s"] if run.pos.history else None
+    used = mfu(run.info["train_macs"], sps, run.peak[0], run.ctx.world_size) if sps is not None else None
+    return {"samples_per_s": sps, "peak_gmacs_per_process": run.peak[0], "peak_source": run.peak[1], "mfu": used}
 
 
 def _tensorboard(out: Path):

@@ -68,8 +68,8 @@ def mix_batch(x: torch.Tensor, cfg: MixConfig, rng: np.random.Generator) -> Mixe
     """Mix a batch ``x`` (B, C, H, W) with a random permutation of itself (or leave it, with 1 - prob)."""
     batch = x.shape[0]
     if not cfg.enabled or rng.random() >= cfg.prob:
-        return MixedBatch(x, torch.arange(batch), 1.0)
-    partner = torch.from_numpy(rng.permutation(batch))
+        return MixedBatch(x, torch.arange(batch, device=x.device), 1.0)
+    partner = torch.from_numpy(rng.permutation(batch)).to(x.device)  # drawn on the host, used where x is
     use_cutmix = cfg.cutmix_alpha > 0 and (cfg.mixup_alpha == 0 or rng.random() < 0.5)
     if use_cutmix:
         lam = float(rng.beta(cfg.cutmix_alpha, cfg.cutmix_alpha))

@@ -2,9 +2,11 @@
 pruning fine-tunes share (as torchvision's references share ``train_one_epoch``).
 
 A ``TrainStep`` holds what a step needs: the model (and its DDP wrapper), the optimizer, the loss (label
-smoothing, class weights, the teachers' soft targets), the forward pass's autocast (bf16), batch mixing
-(mixup/CutMix), the weight average (EMA), gradient clipping and the learning-rate schedule. Where and in which
-precision the step computes is decided in one place, ``TrainStep.autocast`` and ``TrainStep.prepare``.
+smoothing, class weights, the teachers' soft targets), the forward pass's autocast (bf16; on CUDA bf16, or fp16
+with loss scaling), batch mixing (mixup/CutMix), the weight average (EMA), gradient clipping and the
+learning-rate schedule. Where and in which precision the step computes is decided in one place: the device
+policy (``quickdraw_mobile.device``) applied by ``TrainStep.autocast`` and ``TrainStep.prepare``; the step
+moves the model to its device and each batch too, so its callers pass host batches as before.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import device as devices
 from ..errors import QDMError
 from . import distill
 from .config import TrainConfig
@@ -42,13 +45,14 @@ def lr_at(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -
     return cosine_lr(cfg.lr, cfg.min_lr_ratio, step, int(round(cfg.warmup_epochs * steps_per_epoch)), total_steps)
 
 
-def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(cfg: TrainConfig, model: torch.nn.Module,
+                    device: torch.device | None = None) -> torch.optim.Optimizer:
     # No weight decay on biases and norm parameters (the usual recipe; decaying BN scales hurts small nets).
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, foreach=True)
+        return torch.optim.AdamW(groups, lr=cfg.lr, **devices.optimizer_options(device or torch.device("cpu")))
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     from timm.optim import Lamb
@@ -71,26 +75,49 @@ class StepResult:
 
 class TrainStep:
     """The optimizer step of ``cfg`` on ``model``. ``schedule(step)`` gives the learning rate of a global step;
-    ``class_counts`` weight the loss when ``cfg.class_weights`` is on; ``state`` (a checkpoint) restores the
-    weights, optimizer, torch RNG and weight average; ``distributed`` wraps the model in DDP."""
+    ``class_counts`` weight the loss when ``cfg.class_weights`` is on; ``state`` (a checkpoint, its tensors on
+    any device) restores the weights, optimizer, torch RNG and weight average; ``distributed`` wraps the model
+    in DDP. ``device`` (default: ``cfg.device`` resolved) is where the model is moved and the step computes."""
 
     def __init__(self, cfg: TrainConfig, model: torch.nn.Module, schedule: Callable[[int], float], *,
                  class_counts: list[int] | None = None, state: dict | None = None, rank: int = 0,
-                 distributed: bool = False):
+                 distributed: bool = False, device: torch.device | None = None):
         self.cfg, self.model, self.schedule, self.rank = cfg, model, schedule, rank
+        self.device = device if device is not None else devices.resolve_device(cfg.device)
+        self.precision = devices.precision(self.device, cfg.bf16)
+        model.to(self.device)  # before the optimizer, whose state then lives (and loads) where the weights are
         if cfg.channels_last:  # otherwise the model's tensors are left as they are (a fine-tune's input model)
             model.to(memory_format=torch.channels_last)
-        self.optimizer = build_optimizer(cfg, model)
+        self.optimizer = build_optimizer(cfg, model, self.device)
+        self.scaler = self.precision.grad_scaler()
         if state is not None:
-            model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            torch.set_rng_state(state["torch_rng"])
-        self.net = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+            self._restore(state)
+        self.net = self._wrapped(distributed)
         self.ema = averaged_model(cfg.ema, model)
         if self.ema is not None and state is not None:
             self.ema.load_state_dict(state["ema"])
         self.weight = class_weight_tensor(class_counts) if cfg.class_weights and class_counts else None
+        if self.weight is not None:
+            self.weight = self.weight.to(self.device)
         self.teaching = cfg.distill
+
+    def _restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])  # copies into the model's tensors, on its device
+        self.optimizer.load_state_dict(state["optimizer"])  # torch moves the state to each parameter's device
+        torch.set_rng_state(state["torch_rng"])
+        if self.device.type == "cuda" and "cuda_rng" in state:  # dropout on a GPU draws from the GPU's RNG
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+
+    def _wrapped(self, distributed: bool) -> torch.nn.Module:
+        """What the step calls: the model, under DDP when ``distributed`` (one device per process on CUDA), and
+        compiled with ``cfg.compile``."""
+        net = self.model
+        if distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            net = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
+        return torch.compile(net) if self.cfg.compile else net
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -98,11 +125,14 @@ class TrainStep:
         return self.ema.module if self.ema is not None else self.model
 
     def autocast(self):
-        """The forward pass's precision: bfloat16 autocast with ``bf16``, else float32."""
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.bf16)
+        """The forward pass's precision (``device.precision``): on the CPU bfloat16 autocast with ``bf16``, else
+        float32; on CUDA bfloat16, or float16 with loss scaling."""
+        return self.precision.autocast()
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """A batch as the model takes it (its memory format)."""
+        """A batch as the model takes it: on its device (pinned, non-blocking copies to a GPU), in its memory
+        format."""
+        x = devices.to_device(x, self.device)
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, soft: torch.Tensor | None = None) -> torch.Tensor:
@@ -116,7 +146,9 @@ class TrainStep:
         """One optimizer step on the batch (x, y) as global step ``index`` (its learning rate and mixing)."""
         for group in self.optimizer.param_groups:
             group["lr"] = self.schedule(index)
-        mixed = mix_batch(x, self.cfg.mix, step_rng(self.cfg.seed, self.rank, index))
+        x, y = devices.to_device(x, self.device), devices.to_device(y, self.device)
+        soft = None if soft is None else devices.to_device(soft, self.device)
+        mixed = mix_batch(x, self.cfg.mix, step_rng(self.cfg.seed, self.rank, index))  # where the batch is
         with self.autocast():
             logits = self.net(self.prepare(mixed.x))
         targets = (y,) if soft is None else (y, soft)
@@ -124,18 +156,35 @@ class TrainStep:
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"non-finite loss ({loss.item()})")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
+        self._backward_and_step(loss)
         if self.ema is not None:
             self.ema.update_parameters(self.model)
         return StepResult(loss.item(), (logits.argmax(1) == y).sum().item(), len(y))
 
+    def _backward_and_step(self, loss: torch.Tensor) -> None:
+        """Gradients, clipping and the optimizer step; with float16 through the loss scaler (unscaled before
+        clipping, as torch.amp's documentation does it)."""
+        if self.scaler is None:
+            loss.backward()
+            if self.cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.optimizer.step()
+            return
+        self.scaler.scale(loss).backward()
+        if self.cfg.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
     def state_dict(self) -> dict:
-        """The step's part of a checkpoint."""
+        """The step's part of a checkpoint (tensors where they are; loading maps them to the CPU first)."""
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "torch_rng": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
         return state

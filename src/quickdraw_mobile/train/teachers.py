@@ -26,13 +26,14 @@ MAX_TABLE_BYTES = 4 << 30  # float16 (drawings x classes); beyond this the table
 
 def teacher_probs(cfg: DistillConfig, split: Split, classes: list[str], batch_size: int = 1024, *,
                   bf16: bool = False, progress: bool = True, stop: threading.Event | None = None,
-                  rank: int = 0, world_size: int = 1) -> np.ndarray:
+                  rank: int = 0, world_size: int = 1, device: torch.device | None = None) -> np.ndarray:
     """(len(split), classes) float32: the teachers' mean tempered softmax for every drawing of ``split``.
 
     With ``world_size`` > 1 only every ``world_size``-th batch from ``rank`` is filled and the other rows stay
     zero, so the ranks' tables sum to the whole one (each batch is the same as in one process, so the sum is
     bit-exact). With ``bf16`` the teachers run under bfloat16 autocast: about 3x faster on a CPU with bf16
-    support, and the soft targets are stored in float16 anyway.
+    support, and the soft targets are stored in float16 anyway. The teachers run on ``device`` (default: the
+    CPU), the table stays on the host.
     """
     table_bytes = len(split) * len(classes) * 2
     if table_bytes > MAX_TABLE_BYTES:
@@ -41,7 +42,7 @@ def teacher_probs(cfg: DistillConfig, split: Split, classes: list[str], batch_si
     total = np.zeros((len(split), len(classes)), dtype=np.float32)
     for number, ref in enumerate(cfg.teachers, 1):
         teacher = load_model(ref)
-        teacher.model.to(memory_format=torch.channels_last)
+        teacher.model.to(device or torch.device("cpu"), memory_format=torch.channels_last)
         if teacher.labels != classes:
             raise QDMError(f"{teacher.run.labels_path}: the teacher's {len(teacher.labels)} classes differ "
                            f"from the data's {len(classes)} classes")
@@ -63,7 +64,7 @@ def soft_targets(cfg: DistillConfig, split: Split, classes: list[str], run_dir: 
     (under DDP each rank labels its share of the batches, and an all-reduce gives every rank the whole table)."""
     if not resume:
         shard = teacher_probs(cfg, split, classes, batch_size, bf16=bf16, progress=progress, stop=stop,
-                              rank=ctx.rank, world_size=ctx.world_size)
+                              rank=ctx.rank, world_size=ctx.world_size, device=ctx.device)
         return all_reduce_array(ctx, shard).astype(np.float16)
     path = run_dir / TEACHER_PROBS
     try:
