@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -130,3 +132,47 @@ def test_cpu_peak_is_measured_without_touching_the_global_rng():
     assert torch.equal(torch.rand(3), expected)
     peak, source = peak_gmacs_of(torch.device("cpu"), precision(torch.device("cpu"), False), measure=False)
     assert (peak, source) == (None, "not measured")
+
+
+def test_batches_are_normalized_augmented_and_mixed_where_they_go():
+    """The loader's uint8 rows go to the device and are normalized and warped there; mixing stays on it ("meta"
+    stands in for a GPU: every op runs, on shapes only)."""
+    from quickdraw_mobile.data.embedded import embedded_store
+    from quickdraw_mobile.data.loader import AugmentConfig, BatchLoader
+    from quickdraw_mobile.data.store import SplitSpec, Store
+    from quickdraw_mobile.train.mixing import MixConfig, mix_batch, step_rng
+
+    split = Store.open(embedded_store()).splits(SplitSpec(0.1, 0.1, 0, 50))["train"]
+    loader = BatchLoader(split, 16, augment=AugmentConfig(), device=torch.device("meta"), prefetch=0,
+                         channels_last=True)
+    x, y = next(iter(loader))
+    assert (x.device.type, x.dtype, tuple(x.shape), y.device.type) == ("meta", torch.float32, (16, 1, 28, 28), "meta")
+    mixed = mix_batch(x, MixConfig(mixup_alpha=0.2, cutmix_alpha=1.0, prob=1.0), step_rng(0, 0, 1))
+    assert mixed.x.device.type == "meta" and mixed.partner.device.type == "meta"
+    on_cpu = BatchLoader(split, 16, augment=AugmentConfig(), device=torch.device("cpu"), prefetch=0)
+    plain = BatchLoader(split, 16, augment=AugmentConfig(), prefetch=0)
+    assert all(torch.equal(a, b) for a, b in zip(next(iter(on_cpu)), next(iter(plain)), strict=True))
+
+
+def test_the_step_takes_its_device_and_precision_from_the_policy():
+    from quickdraw_mobile.train.config import TrainConfig
+    from quickdraw_mobile.train.step import TrainStep
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 3))
+    step = TrainStep(TrainConfig(device="cpu", bf16=True, channels_last=False), model, lambda i: 0.1)
+    assert step.device == torch.device("cpu") and step.precision.name == "bfloat16" and step.scaler is None
+    assert step.optimizer.defaults["foreach"] is True and not step.optimizer.defaults.get("fused")
+    result = step.step(torch.zeros(4, 1, 28, 28), torch.tensor([0, 1, 2, 0]), 0)
+    assert result.count == 4
+    assert "cuda_rng" not in step.state_dict() and "scaler" not in step.state_dict()
+    with pytest.raises(QDMError, match="no CUDA device") if not torch.cuda.is_available() else contextlib.nullcontext():
+        TrainStep(TrainConfig(device="cuda", channels_last=False), model, lambda i: 0.1)
+
+
+def test_train_help_lists_device_and_compile(capsys):
+    from quickdraw_mobile.cli import main as qdm
+
+    with pytest.raises(SystemExit):
+        qdm(["train", "--help"])
+    text = capsys.readouterr().out
+    assert "--device DEVICE" in text and "--compile" in text and "cuda:N" in text

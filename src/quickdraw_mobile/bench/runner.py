@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from ..artifact_names import export_file_name, runtime_named
 from ..errors import QDMError
 from ..export.selfcheck import check_finite
+from ..inference import model_device
 from ..modelref import DEFAULT, is_artifact, load_model
 from ..models.profile import count_macs
 from ..options import CALIBRATION_SIZE
@@ -59,16 +60,20 @@ class Subject:
     max_batch: int | None = None  # the largest batch the file holds (None: any)
 
 
-def eager_subject(model_ref: str) -> Subject:
-    loaded = load_model(model_ref)
+def eager_subject(model_ref: str, device: str = "cpu") -> Subject:
+    """A run folder or ``default`` in eager PyTorch on ``device``; off the CPU each call includes the copies in
+    and the logits' copy back (which waits for the device), so a latency is the whole call's."""
+    loaded = load_model(model_ref, device)
     model = loaded.model
+    where = model_device(model)
 
     def open_eager(threads: int) -> RunFn:
         torch.set_num_threads(threads)
-        return lambda x: model(torch.from_numpy(x))
+        return lambda x: model(torch.from_numpy(x).to(where)).cpu()
 
-    return Subject(f"{EAGER} FP32", "pytorch", "none", str(model_ref), loaded.run.weights_path,
-                   count_macs(model), loaded.labels, open_eager)
+    name = f"{EAGER} FP32" if where.type == "cpu" else f"{EAGER} FP32 ({where})"
+    return Subject(name, "pytorch", "none", str(model_ref), loaded.run.weights_path, count_macs(model),
+                   loaded.labels, open_eager)
 
 
 def artifact_subject(path: str) -> Subject:
@@ -171,14 +176,15 @@ def _measure(s: Subject, threads: list[int], x_one: np.ndarray, x_batch: np.ndar
 
 def run_bench(refs: list[str], out: str | Path, data_dir: str | Path | None = None, runs: int = 200,
               warmup: int = 20, batch: int = 32, threads: list[int] | None = None, memory: bool = True,
-              export: bool = True, calib: int = CALIBRATION_SIZE, native: bool = True) -> dict:
-    """Measure every subject of ``refs``; returns the results (``bench.report.write_report`` writes them)."""
+              export: bool = True, calib: int = CALIBRATION_SIZE, native: bool = True, device: str = "cpu") -> dict:
+    """Measure every subject of ``refs``; returns the results (``bench.report.write_report`` writes them). The
+    eager rows run on ``device``; artifacts in their runtimes, on the CPU."""
     if runs < 1 or warmup < 0 or batch < 1:
         raise QDMError(f"--runs, --warmup, --batch: expected positive numbers, got {runs}, {warmup}, {batch}")
     out = Path(out)
     threads = sorted(set(threads or [1, _all_threads()]))
     model_refs = [r for r in refs if not is_artifact(r)]
-    given = [artifact_subject(r) if is_artifact(r) else eager_subject(r) for r in refs]
+    given = [artifact_subject(r) if is_artifact(r) else eager_subject(r, device) for r in refs]
     _check_batch(given, batch)
 
     from ..export.calibration import verification_set

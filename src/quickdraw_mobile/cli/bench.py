@@ -6,7 +6,7 @@ import argparse
 
 from ..errors import QDMError
 from ..options import CALIBRATION_SIZE
-from .common import data_dir
+from .common import add_device_option, data_dir
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -22,7 +22,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     result = run_bench(args.model, args.out, data_dir=data_dir(args.data) if args.data else None, runs=args.runs,
                        warmup=args.warmup, batch=args.batch, threads=threads, memory=not args.no_memory,
                        native=not args.no_native,
-                       export=not args.no_export, calib=args.calib)
+                       export=not args.no_export, calib=args.calib, device=args.device)
     paths = write_report(result, args.out)
     print(markdown_table(result))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
@@ -53,4 +53,5 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--no-native", action="store_true", help="skip the ExecuTorch C++ rows (qdm-native, built by "
                    "scripts/setup.sh from native/)")
     p.add_argument("--no-export", action="store_true", help="bench run folders in eager PyTorch only")
+    add_device_option(p, "the eager rows (run folders, 'default'; artifacts run on the CPU)", default="cpu")
     p.set_defaults(func=_cmd_bench)

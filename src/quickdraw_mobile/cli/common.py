@@ -17,10 +17,11 @@ def data_dir(text: str) -> Path:
     return Path(text)
 
 
-def add_device_option(parser: argparse.ArgumentParser, what: str = "the eager model") -> None:
+def add_device_option(parser: argparse.ArgumentParser, what: str = "the eager model", default: str = "auto") -> None:
     """``--device``: where ``what`` runs (resolved by ``device.resolve_device``)."""
-    parser.add_argument("--device", default="auto",
-                        help=f"where {what} runs: auto (CUDA, then MPS, then CPU; default), cpu, cuda, cuda:N, mps")
+    parser.add_argument("--device", default=default,
+                        help=f"where {what} runs: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps "
+                        f"(default: {default})")
 
 
 METHODS = "{methods}"  # replaced in help texts by the quantization methods, read from their registry

@@ -15,7 +15,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
     rows = compare(args.model, parse_methods(args.methods), args.out,
                    data_dir=data_dir(args.data) if args.data else None, calib=args.calib, seed=args.seed,
-                   options=parse_options(args.set), threads=args.threads, runs=args.runs)
+                   options=parse_options(args.set), threads=args.threads, runs=args.runs,
+                   device=args.device)
     print((Path(args.out) / "comparison.md").read_text(), end="")
     print(f"wrote {len(rows)} rows to {Path(args.out) / 'comparison.json'}, comparison.md and two plots")
     return 0
@@ -44,6 +45,9 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="picks the calibration drawings and seeds fine-tuning")
     p.add_argument("--set", action="append", default=[], metavar="METHOD.OPTION=VALUE",
                    help="a method option, e.g. int8-qat.steps=500 or int4-gptq.act_order=true (repeatable)")
+    p.add_argument("--device", default="cpu",
+                   help="where the QAT and pruning fine-tunes run: cpu (default), auto, cuda, cuda:N, mps; "
+                   "calibration, the artifacts and their measurements stay on the CPU they are made for")
     p.add_argument("--threads", type=int, default=1, help="threads for the latency measurement (default 1)")
     p.add_argument("--runs", type=int, default=100, help="timed single-drawing runs per artifact (default 100)")
     p.set_defaults(func=_cmd_quantize)

@@ -72,8 +72,9 @@ def _measure(path: Path, test, threads: int, runs: int, memory: bool, what: str)
 
 def compare(model_ref: str | Path, methods: list[str], out: str | Path, data_dir: str | Path | None = None,
             calib: int = CALIBRATION_SIZE, seed: int = 0, options: dict[str, dict] | None = None, threads: int = 1,
-            runs: int = 100, memory: bool = True) -> list[dict]:
-    """Quantize ``model_ref`` with each method, write and measure every artifact; returns the rows written."""
+            runs: int = 100, memory: bool = True, device: str = "cpu") -> list[dict]:
+    """Quantize ``model_ref`` with each method, write and measure every artifact; returns the rows written. The
+    fine-tunes (QAT, pruning) run on ``device``; everything else, the artifacts included, on the CPU."""
     options = options or {}
     for name, values in options.items():
         if name not in methods:
@@ -82,7 +83,8 @@ def compare(model_ref: str | Path, methods: list[str], out: str | Path, data_dir
     check_training_data(methods, data_dir)
     out = Path(out)
     loaded = load_model(model_ref)
-    inputs = method_inputs(model_ref, loaded, methods, data_dir, calib, seed, always_calibration=True)
+    inputs = method_inputs(model_ref, loaded, methods, data_dir, calib, seed, always_calibration=True,
+                           device=device)
     calibration = inputs.calibration
     test = verification_set(model_ref, data_dir)
     # NaN weights and the like: refused before any method runs (INT8 calibration fails obscurely on NaN)

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from ..data.loader import BatchLoader
 from ..data.store import Split
+from ..device import Precision, resolve_device
 from ..errors import QDMError
 from ..train.config import TrainConfig
 from ..train.step import NonFiniteLoss, StepResult, TrainStep, cosine_lr, train_one_epoch
@@ -28,6 +29,7 @@ FINE_TUNE_CHANGES = {
     "class_weights": False,  # the fine-tune starts from a trained model: it keeps its plain loss
     "bf16": False,  # fake quantization and pruned layers are tuned in the precision they are measured in
     "channels_last": False,  # the module is tuned in the memory format it comes in (an exported graph)
+    "device": "cpu",  # not the recipe's: where the fine-tune runs is ``TrainingData.device``
 }
 
 
@@ -37,6 +39,7 @@ class TrainingData:
 
     split: Split
     config: TrainConfig
+    device: str = "cpu"  # where the fine-tunes run (auto, cpu, cuda, cuda:N, mps); the model comes back to the CPU
 
 
 def fine_tune_config(recipe: TrainConfig, lr: float, batch_size: int, seed: int, **changes) -> TrainConfig:
@@ -58,12 +61,14 @@ def fine_tune(model: torch.nn.Module, data: TrainingData, steps: int, lr: float,
     """
     if steps < 1 or lr <= 0:
         raise QDMError(f"fine-tune: expected steps >= 1 and lr > 0, got steps={steps}, lr={lr}")
-    cfg = fine_tune_config(data.config, lr, batch_size, seed, **changes)
+    cfg = fine_tune_config(data.config, lr, batch_size, seed, **{"device": data.device, **changes})
+    device = resolve_device(cfg.device)
     loader = BatchLoader(data.split, min(batch_size, len(data.split)), shuffle=True, augment=cfg.augmentation(),
                          balanced=cfg.balanced, seed=cfg.seed, drop_last=True, channels_last=cfg.channels_last)
     warmup_steps = int(round(warmup_fraction * steps))
+    # float32 on every device (no autocast, as FINE_TUNE_CHANGES' bf16): tuned in the precision it is measured in
     trainer = TrainStep(cfg, model, lambda step: cosine_lr(cfg.lr, cfg.min_lr_ratio, step, warmup_steps, steps),
-                        class_counts=data.split.counts)
+                        class_counts=data.split.counts, device=device, precision=Precision(device.type, None))
     losses: list[float] = []
     bar = tqdm(total=steps, desc=desc, unit="step", dynamic_ncols=True)
 
@@ -83,4 +88,5 @@ def fine_tune(model: torch.nn.Module, data: TrainingData, steps: int, lr: float,
         raise QDMError(f"fine-tune: {exc} at step {len(losses)} (lower the learning rate)") from exc
     finally:
         bar.close()
+        model.to("cpu")  # what a method does next (convert, lower, measure) runs on the CPU
     return losses

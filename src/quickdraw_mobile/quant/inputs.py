@@ -45,13 +45,13 @@ def check_training_data(methods: list[str], data_dir: str | Path | None) -> None
 
 
 def method_inputs(model_ref: str | Path, loaded: LoadedModel, methods: list[str], data_dir: str | Path | None,
-                  calib: int, seed: int, always_calibration: bool = False) -> MethodInputs:
+                  calib: int, seed: int, always_calibration: bool = False, device: str = "cpu") -> MethodInputs:
     """The inputs of ``methods`` for the model ``model_ref`` (``loaded``): only what some of them use is read
-    (the calibration drawings also when ``always_calibration``)."""
+    (the calibration drawings also when ``always_calibration``). The fine-tunes run on ``device``."""
     check_training_data(methods, data_dir)
     specs = [get_method(m) for m in methods]
     calibrated = always_calibration or any(s.calibrates for s in specs)
     calibration = calibration_set(model_ref, data_dir, calib, seed) if calibrated else None
-    train = (TrainingData(run_splits(loaded.run, data_dir)["train"], loaded.config)
+    train = (TrainingData(run_splits(loaded.run, data_dir)["train"], loaded.config, device)
              if any(s.needs_training_data for s in specs) else None)
     return MethodInputs(calibration, train, seed)

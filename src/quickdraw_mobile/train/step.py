@@ -77,14 +77,16 @@ class TrainStep:
     """The optimizer step of ``cfg`` on ``model``. ``schedule(step)`` gives the learning rate of a global step;
     ``class_counts`` weight the loss when ``cfg.class_weights`` is on; ``state`` (a checkpoint, its tensors on
     any device) restores the weights, optimizer, torch RNG and weight average; ``distributed`` wraps the model
-    in DDP. ``device`` (default: ``cfg.device`` resolved) is where the model is moved and the step computes."""
+    in DDP. ``device`` (default: ``cfg.device`` resolved) is where the model is moved and the step computes;
+    ``precision`` (default: ``device.precision`` of it and ``cfg.bf16``) its autocast."""
 
     def __init__(self, cfg: TrainConfig, model: torch.nn.Module, schedule: Callable[[int], float], *,
                  class_counts: list[int] | None = None, state: dict | None = None, rank: int = 0,
-                 distributed: bool = False, device: torch.device | None = None):
+                 distributed: bool = False, device: torch.device | None = None,
+                 precision: devices.Precision | None = None):
         self.cfg, self.model, self.schedule, self.rank = cfg, model, schedule, rank
         self.device = device if device is not None else devices.resolve_device(cfg.device)
-        self.precision = devices.precision(self.device, cfg.bf16)
+        self.precision = precision or devices.precision(self.device, cfg.bf16)
         model.to(self.device)  # before the optimizer, whose state then lives (and loads) where the weights are
         if cfg.channels_last:  # otherwise the model's tensors are left as they are (a fine-tune's input model)
             model.to(memory_format=torch.channels_last)
