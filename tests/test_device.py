@@ -176,3 +176,19 @@ def test_train_help_lists_device_and_compile(capsys):
         qdm(["train", "--help"])
     text = capsys.readouterr().out
     assert "--device DEVICE" in text and "--compile" in text and "cuda:N" in text
+
+
+def test_gpu_check_without_a_gpu_says_so_and_exits_0():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PY": sys.executable}  # no GPU, whatever the machine has
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ("gpu_check: no CUDA GPU on this machine (torch.cuda.is_available() is False); "
+                                   "nothing to check")
+    bad = subprocess.run(["bash", str(script), "--bogus", "1"], capture_output=True, text=True, timeout=60, env=env)
+    assert bad.returncode == 2 and "unknown option --bogus" in bad.stderr
