@@ -246,6 +246,16 @@ def test_evaluate_and_predict_cli(tiny_store, tiny_run, tmp_path, capsys):
     assert not (tmp_path / "q.jsonl").exists()
     assert qdm(["evaluate", "--model", str(tmp_path / "nope"), "--data", str(tiny_store), "--out",
                 str(tmp_path / "f")]) == 2
+    # --device: the same answers on the CPU named explicitly; a device that is not there is a one-line error
+    assert qdm(["predict", "--model", str(tiny_run), "--input", str(tmp_path / "x.npy"),
+                "--out", str(tmp_path / "cpu.jsonl"), "--top-k", "2", "--device", "cpu"]) == 0
+    assert (tmp_path / "cpu.jsonl").read_text() == (tmp_path / "p.jsonl").read_text()
+    if not torch.cuda.is_available():
+        capsys.readouterr()
+        assert qdm(["evaluate", "--model", str(tiny_run), "--data", str(tiny_store), "--out", str(tmp_path / "g"),
+                    "--device", "cuda"]) == 2
+        assert capsys.readouterr().err.strip() == ("error: --device cuda: no CUDA device on this machine "
+                                                   "(available: cpu)")
 
 
 def _free_port() -> int:
