@@ -354,6 +354,12 @@ def _write_start(run: _Run, resume: bool, new_length, source: Path | None) -> No
                 ckpt.write_metrics_csv(out / ckpt.METRICS, run.pos.history)
             else:
                 (out / ckpt.METRICS).unlink(missing_ok=True)
+    if run.progress:
+        info = run.info
+        ranks = f", {run.ctx.world_size} processes ({info['ddp_backend']})" if run.ctx.enabled else ""
+        precision = "float32" if info["autocast"] == "float32" else f"{info['autocast']} autocast"
+        tqdm.write(f"training on {info['device']} ({info['device_name']}), {precision}{ranks}"
+                   f"{', compiled' if info['compiled'] else ''}")
     if run.progress and resume:
         length = (f"; epochs {new_length[0]} -> {new_length[1]} (config.yaml updated, the learning-rate "
                   f"schedule now spans {new_length[1]} epochs)" if new_length else "")
