@@ -9,6 +9,10 @@ Layout at 28x28 input, ``width`` = w (default 32):
              ``pool="avg"``: global average; ``pool="learned"``: a 7x7 depthwise conv + BN (one weight per channel
              and position, started as the average): where a stroke sits in the frame can count, as the official
              bitmaps are all framed the same way
+    cosine   ``cosine_classes`` = n > 0 (what ``qdm extend --method prototype`` writes): the last n of the
+             ``num_classes`` logits come from a second linear layer on the L2-normalised pooled features (a cosine
+             classifier whose scale and offset are folded into its weights and bias); the first
+             ``num_classes - n`` from ``head`` as before. ``features(x)`` is the pooled (4w)-d vector both read.
 
 Why it looks like this:
 - Only Conv-BN-ReLU, residual add, average pool and linear: every op has an XNNPACK INT8 kernel, each BN folds
@@ -74,6 +78,7 @@ class CNN(nn.Module):
         blocks: tuple[int, int] = (2, 2),
         dropout: float = 0.1,
         pool: str = "avg",
+        cosine_classes: int = 0,
     ):
         super().__init__()
         self.stem = conv_bn(1, width)
@@ -90,18 +95,30 @@ class CNN(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1) if pool == "avg" else learned_pool(in_chs, FINAL_SIZE)
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(in_chs, num_classes)
+        self.head = nn.Linear(in_chs, num_classes - cosine_classes)
+        # made after ``head`` and only when asked: a plain model draws the same initial weights as before
+        self.cosine_head = nn.Linear(in_chs, cosine_classes) if cosine_classes else None
         for m in self.modules():
             if isinstance(m, nn.Conv2d) and m.groups == 1:
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled penultimate features (B, 4w) that the heads read (before dropout)."""
+        return self.pool(self.stages(self.stem(x))).flatten(1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stages(self.stem(x))
-        return self.head(self.dropout(self.pool(x).flatten(1)))
+        features = self.features(x)
+        logits = self.head(self.dropout(features))
+        if self.cosine_head is None:
+            return logits
+        # x / |x| spelled in elementwise ops (sum, rsqrt, mul) that every export path lowers
+        unit = features * torch.rsqrt((features * features).sum(1, keepdim=True).clamp_min(1e-12))
+        return torch.cat([logits, self.cosine_head(unit)], dim=1)
 
 
 def _build(
-    num_classes: int, width: int, blocks: tuple[int, ...] | list[int], dropout: float, pool: str
+    num_classes: int, width: int, blocks: tuple[int, ...] | list[int], dropout: float, pool: str,
+    cosine_classes: int = 0,
 ) -> CNN:
     check_positive("width", width)
     if (
@@ -115,7 +132,12 @@ def _build(
     check_fraction("dropout", dropout)
     if pool not in POOLS:
         raise QDMError(f"model option pool: expected one of {', '.join(POOLS)}, got {pool!r}")
-    return CNN(num_classes, width=width, blocks=tuple(blocks), dropout=dropout, pool=pool)
+    if isinstance(cosine_classes, bool) or not isinstance(cosine_classes, int) or \
+            not 0 <= cosine_classes < num_classes:
+        raise QDMError(f"model option cosine_classes: expected an integer in 0..{num_classes - 1}, "
+                       f"got {cosine_classes!r}")
+    return CNN(num_classes, width=width, blocks=tuple(blocks), dropout=dropout, pool=pool,
+               cosine_classes=cosine_classes)
 
 
 @register_model
@@ -125,9 +147,10 @@ def cnn(
     blocks: tuple[int, int] = (2, 2),
     dropout: float = 0.1,
     pool: str = "avg",
+    cosine_classes: int = 0,
 ) -> CNN:
     """The default: width 32 (channels 32/64/128), two residual blocks at 14x14 and two at 7x7."""
-    return _build(num_classes, width, blocks, dropout, pool)
+    return _build(num_classes, width, blocks, dropout, pool, cosine_classes)
 
 
 @register_model
@@ -137,6 +160,7 @@ def cnn_small(
     blocks: tuple[int, int] = (1, 1),
     dropout: float = 0.1,
     pool: str = "avg",
+    cosine_classes: int = 0,
 ) -> CNN:
     """Half the blocks of ``cnn``: about half the parameters and MACs, for the fastest phones and quick runs."""
-    return _build(num_classes, width, blocks, dropout, pool)
+    return _build(num_classes, width, blocks, dropout, pool, cosine_classes)
