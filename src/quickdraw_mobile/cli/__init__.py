@@ -14,7 +14,7 @@ from .. import __version__
 from ..errors import QDMError
 
 # the verbs in the order `qdm --help` lists them: each is cli/<name>.py
-VERBS = ["data", "train", "evaluate", "predict", "models", "export", "bench", "quantize", "run", "serve"]
+VERBS = ["data", "train", "evaluate", "predict", "models", "export", "bench", "quantize", "extend", "run", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:

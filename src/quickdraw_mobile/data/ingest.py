@@ -239,3 +239,8 @@ def _write_npy(rows: np.ndarray, keep: int, dest: Path) -> str:
         fh.flush()
         os.fsync(fh.fileno())
     return digest.hexdigest()
+
+
+def source_classes(path: Path) -> list[str]:
+    """The official class names of the files an ingest of ``path`` would read (a folder or one file)."""
+    return [item.name for item in _find_inputs(Path(path))]

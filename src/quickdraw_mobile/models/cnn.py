@@ -10,9 +10,9 @@ Layout at 28x28 input, ``width`` = w (default 32):
              and position, started as the average): where a stroke sits in the frame can count, as the official
              bitmaps are all framed the same way
     cosine   ``cosine_classes`` = n > 0 (what ``qdm extend --method prototype`` writes): the last n of the
-             ``num_classes`` logits come from a second linear layer on the L2-normalised pooled features (a cosine
-             classifier whose scale and offset are folded into its weights and bias); the first
-             ``num_classes - n`` from ``head`` as before. ``features(x)`` is the pooled (4w)-d vector both read.
+             ``num_classes`` logits come from a second linear layer on the centred (``feature_mean``),
+             L2-normalised pooled features (a cosine classifier whose scale and offset are folded into its weights
+             and bias); the first ``num_classes - n`` from ``head`` as before. ``features(x)`` is the pooled (4w)-d vector both read.
 
 Why it looks like this:
 - Only Conv-BN-ReLU, residual add, average pool and linear: every op has an XNNPACK INT8 kernel, each BN folds
@@ -98,6 +98,8 @@ class CNN(nn.Module):
         self.head = nn.Linear(in_chs, num_classes - cosine_classes)
         # made after ``head`` and only when asked: a plain model draws the same initial weights as before
         self.cosine_head = nn.Linear(in_chs, cosine_classes) if cosine_classes else None
+        if cosine_classes:  # subtracted before normalising (centred cosine, "CL2N"): ReLU features all point one way
+            self.register_buffer("feature_mean", torch.zeros(in_chs))
         for m in self.modules():
             if isinstance(m, nn.Conv2d) and m.groups == 1:
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -112,7 +114,8 @@ class CNN(nn.Module):
         if self.cosine_head is None:
             return logits
         # x / |x| spelled in elementwise ops (sum, rsqrt, mul) that every export path lowers
-        unit = features * torch.rsqrt((features * features).sum(1, keepdim=True).clamp_min(1e-12))
+        centred = features - self.feature_mean
+        unit = centred * torch.rsqrt((centred * centred).sum(1, keepdim=True).clamp_min(1e-12))
         return torch.cat([logits, self.cosine_head(unit)], dim=1)
 
 

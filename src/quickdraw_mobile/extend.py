@@ -1,0 +1,358 @@
+"""``qdm extend``: add classes to a trained model from a few drawings each, keeping the classes it knows.
+
+The shots come from a store, a folder of ``.ndjson`` stroke files (rendered by ``data.ingest``, as ``qdm data
+ingest`` does) or any folder ``ingest`` reads, such as the shared ``simplified/`` and ``raw/`` files. Classes the
+model already knows are an error when named with ``classes``, and skipped when the whole source is taken.
+
+Three methods, each writing an ordinary run folder (``create_model(config.model, len(labels),
+**config.model_kwargs)`` loads it, so evaluate, predict, quantize and export work on it):
+
+- ``prototype``: SimpleShot's centred cosine classifier. Each new class is the mean of its shots' pooled
+  features (and of augmented copies of them), centred on the old classes' mean feature and L2-normalised; a
+  drawing's logit for it is ``scale * cos + offset``. ``scale`` and ``offset`` (two numbers for all new classes)
+  are fitted on fresh augmented copies of the shots (each against prototypes without its own drawing when K > 1)
+  and on the old classes' replay drawings, with the old logits as they are, so that the new logits sit in the old
+  head's range. The model gets ``cosine_classes`` (``models/cnn.py``): the old head and its logits are untouched.
+- ``probe``: new rows of the ordinary linear head, trained (full batch, Adam, fixed seed) on the frozen features
+  of the shots (and augmented copies) and of the replay drawings against the old logits, which stay as they were.
+- ``finetune``: the probe, then a short fine-tune of the whole model through ``train.step.TrainStep`` (as QAT
+  does, ``quant.finetune``) on the replay drawings plus the shots, class-balanced, with the run's augmentation.
+  Every logit changes (the old classes' too).
+
+Replay drawings (the old classes' training drawings) come from the run's bundled ``calibration.npz`` (``default``
+has one) or, with ``replay``, from the training split of the store the model was trained on.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data.loader import AugmentConfig, augment_batch, normalize
+from .data.store import MANIFEST, Split, Store
+from .errors import QDMError
+from .export.calibration import CALIBRATION_FILE, SAMPLE_FILE, Drawings, calibration_set
+from .fileio import write_json_atomic, write_text_atomic
+from .modelref import DEFAULT, LoadedModel, load_model
+from .models import create_model
+from .models.profile import describe
+from .runfolder import RunFolder, save_weights, write_labels
+
+METHODS = ("prototype", "probe", "finetune")
+REPLAY_SIZE = 2048  # old-class drawings the fits see (default's calibration.npz holds 2048)
+VIEWS = 8  # augmented copies of each shot (the run's training augmentation) besides the shot itself
+FIT_STEPS = 300  # full-batch Adam steps of the prototype scale/offset and of the probe
+FINETUNE_STEPS = 200
+
+
+@dataclass
+class Extension:
+    """What an extension adds: the new class names and their drawings (uint8 (K, 784) each)."""
+
+    classes: list[str]
+    shots: list[np.ndarray]
+    source: str
+    info: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------------ the shots
+def source_drawings(source: str | Path, known: list[str], classes: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Every drawing of each new class at ``source`` (a store, or files ``data.ingest`` reads), by class name."""
+    from .data.classes import resolve_class
+    from .data.ingest import ingest, source_classes
+
+    path = Path(source)
+    if not path.exists():
+        raise QDMError(f"--data: {path}: no such store, folder or file")
+    is_store = (path / MANIFEST).exists()
+    available = Store.open(path).classes if is_store else source_classes(path)
+    if classes is not None:
+        wanted = [resolve_class(c) for c in classes]
+        already = [c for c in wanted if c in known]
+        if already:
+            raise QDMError(f"--classes: the model already knows {', '.join(already)}")
+        missing = [c for c in wanted if c not in available]
+        if missing:
+            raise QDMError(f"--data: {path} has no drawings of {', '.join(missing)}")
+    else:
+        wanted = [c for c in available if c not in known]  # the classes it knows are skipped
+    if not wanted:
+        raise QDMError(f"--data: {path} holds no class the model does not know already")
+    if is_store:
+        store = Store.open(path)
+        return {name: np.array(store.array(name)) for name in wanted}
+    staging = Path(tempfile.mkdtemp(prefix="qdm-extend-"))
+    try:
+        store = ingest(path, staging / "store", classes=wanted)
+        return {name: np.array(store.array(name)) for name in wanted}
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def pick_shots(drawings: dict[str, np.ndarray], shots: int, seed: int, where: str) -> Extension:
+    """``shots`` drawings of each class, chosen with ``seed`` (the same every time)."""
+    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
+        raise QDMError(f"--shots: expected a positive number of drawings per class, got {shots!r}")
+    picked = []
+    for index, (name, pixels) in enumerate(drawings.items()):
+        if len(pixels) < shots:
+            raise QDMError(f"--shots {shots}: class {name!r} has only {len(pixels)} drawings at {where}")
+        rows = np.sort(np.random.default_rng([seed, index]).permutation(len(pixels))[:shots])
+        picked.append(pixels[rows])
+    return Extension(list(drawings), picked, where)
+
+
+def replay_drawings(model_ref: str | Path, replay: str | Path | None) -> Drawings:
+    """The old classes' drawings the fits see: the run's bundled calibration.npz, or its training split of
+    ``replay``."""
+    try:
+        return calibration_set(model_ref, replay, n=REPLAY_SIZE)
+    except QDMError as exc:
+        if replay is None and "--data" in str(exc):
+            raise QDMError(f"--replay: required for {model_ref} (the store it was trained on; the run folder has "
+                           f"no {CALIBRATION_FILE} of old-class drawings)") from None
+        raise
+
+
+# ------------------------------------------------------------------------------------------------ features
+def augmentation(loaded: LoadedModel) -> AugmentConfig:
+    """The run's training augmentation (the default one when the run trained without)."""
+    return loaded.config.augmentation() or AugmentConfig()
+
+
+@torch.inference_mode()
+def views_of(pixels: np.ndarray, views: int, aug: AugmentConfig, seed: int) -> torch.Tensor:
+    """The normalized drawings followed by ``views`` augmented copies of all of them: (N * (1 + views), 1, 28, 28),
+    drawing i's copies at rows i, N + i, 2N + i, ..."""
+    x = normalize(pixels)
+    generator = torch.Generator().manual_seed(seed)
+    return torch.cat([x, *(augment_batch(x, aug, generator) for _ in range(views))])
+
+
+@torch.inference_mode()
+def features_and_logits(model: torch.nn.Module, x: torch.Tensor, batch: int = 1024) -> tuple[torch.Tensor, ...]:
+    """The pooled features and the logits of ``x``, in eval mode, on the CPU."""
+    model.eval()
+    feats, logits = [], []
+    for start in range(0, len(x), batch):
+        chunk = x[start: start + batch]
+        feats.append(model.features(chunk))
+        logits.append(model(chunk))
+    return torch.cat(feats), torch.cat(logits)
+
+
+def _check_features(loaded: LoadedModel) -> None:
+    if not hasattr(loaded.model, "features"):
+        raise QDMError(f"qdm extend: model {loaded.config.model!r} has no features(x) (the cnn family has)")
+
+
+@dataclass
+class FitData:
+    """Features and logits of the shots' views (labels 0.. of the new classes, drawing index per row) and of
+    the replay drawings (old labels)."""
+
+    shot_feats: torch.Tensor
+    shot_logits: torch.Tensor
+    shot_labels: torch.Tensor
+    shot_drawing: torch.Tensor
+    replay_feats: torch.Tensor
+    replay_logits: torch.Tensor
+    replay_labels: torch.Tensor
+
+
+def fit_data(loaded: LoadedModel, ext: Extension, replay: Drawings, views: int, seed: int) -> FitData:
+    """The features of the shots' (augmented) views and of the replay drawings, computed once."""
+    pixels = np.concatenate(ext.shots)
+    labels = torch.from_numpy(np.repeat(np.arange(len(ext.shots)), [len(s) for s in ext.shots]))
+    x = views_of(pixels, views, augmentation(loaded), seed)
+    shot_feats, shot_logits = features_and_logits(loaded.model, x)
+    replay_feats, replay_logits = features_and_logits(loaded.model, normalize(replay.pixels))
+    return FitData(shot_feats, shot_logits, labels.repeat(views + 1), torch.arange(len(pixels)).repeat(views + 1),
+                   replay_feats, replay_logits, torch.from_numpy(replay.labels))
+
+
+# ------------------------------------------------------------------------------------------------ fitting
+def balanced_fit(params: list[torch.Tensor], new_logits, data: FitData, old_shot_logits: torch.Tensor,
+                 shot_inputs: torch.Tensor, replay_inputs: torch.Tensor, *, steps: int = FIT_STEPS,
+                 lr: float = 0.05, weight_decay: float = 0.0) -> list[float]:
+    """Full-batch Adam on ``params``: cross-entropy over all logits (the old ones fixed, ``new_logits(inputs)``
+    appended), each class weighted equally, shots labelled after the old classes. Returns the losses."""
+    old = data.replay_logits.shape[1]
+    logits_fixed = torch.cat([old_shot_logits, data.replay_logits])
+    labels = torch.cat([data.shot_labels + old, data.replay_labels])
+    inputs = torch.cat([shot_inputs, replay_inputs])
+    counts = torch.bincount(labels, minlength=old + int(data.shot_labels.max()) + 1).float()
+    weight = torch.where(counts > 0, counts.sum() / counts.clamp_min(1), torch.zeros_like(counts))
+    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    losses = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = F.cross_entropy(torch.cat([logits_fixed, new_logits(inputs)], 1), labels, weight=weight / weight.sum())
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def unit(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def prototypes(data: FitData, mean: torch.Tensor, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The new classes' prototypes (unit vectors) and, per shot view, its class's prototype without the views of
+    its own drawing (the same prototype when the class has one drawing)."""
+    centred = unit(data.shot_feats - mean)
+    sums = torch.zeros(classes, centred.shape[1]).index_add_(0, data.shot_labels, centred)
+    counts = torch.bincount(data.shot_labels, minlength=classes).float()
+    drawings = int(data.shot_drawing.max()) + 1
+    own = torch.zeros(drawings, centred.shape[1]).index_add_(0, data.shot_drawing, centred)
+    own_count = torch.bincount(data.shot_drawing, minlength=drawings).float()
+    rest = sums[data.shot_labels] - own[data.shot_drawing]
+    rest_count = (counts[data.shot_labels] - own_count[data.shot_drawing])[:, None]
+    leave_out = torch.where(rest_count > 0, rest / rest_count.clamp_min(1), sums[data.shot_labels])
+    return unit(sums), unit(leave_out)
+
+
+def fit_prototype(data: FitData, fresh: FitData, classes: int,
+                  mean: torch.Tensor | None = None) -> dict[str, torch.Tensor | float]:
+    """The cosine head's weights and bias (scale * prototype, offset) and the feature mean it centres with.
+    ``fresh``: other augmented views of the same shots (the scale is fitted on them, not on the views the
+    prototypes are made of). ``mean``: the model's own centre when it has cosine classes already."""
+    mean = data.replay_feats.mean(0) if mean is None else mean.detach()
+    protos, _ = prototypes(data, mean, classes)
+    _, leave_out = prototypes(fresh, mean, classes)
+    shot_cos_all = unit(fresh.shot_feats - mean) @ protos.T
+    own = (unit(fresh.shot_feats - mean) * leave_out).sum(1)
+    shot_cos = shot_cos_all.scatter(1, fresh.shot_labels[:, None], own[:, None])  # its own class left out
+    replay_cos = unit(fresh.replay_feats - mean) @ protos.T
+    log_scale = torch.tensor(float(np.log(10.0)), requires_grad=True)
+    offset = torch.tensor(0.0, requires_grad=True)
+    losses = balanced_fit([log_scale, offset], lambda cos: log_scale.exp() * cos + offset, fresh,
+                          fresh.shot_logits, shot_cos, replay_cos)
+    scale = float(log_scale.detach().exp())
+    return {"weight": scale * protos, "bias": torch.full((classes,), float(offset.detach())), "feature_mean": mean,
+            "scale": scale, "offset": float(offset.detach()), "fit_loss": losses[-1]}
+
+
+def fit_probe(model: torch.nn.Module, data: FitData, classes: int, seed: int) -> dict[str, torch.Tensor | float]:
+    """New rows of the linear head, started at the prototypes (scaled to the old rows' norm) and trained."""
+    head = model.head
+    torch.manual_seed(seed)
+    means = torch.zeros(classes, data.shot_feats.shape[1]).index_add_(0, data.shot_labels, data.shot_feats)
+    weight = (unit(means) * head.weight.detach().norm(dim=1).mean()).requires_grad_(True)
+    bias = torch.full((classes,), float(head.bias.detach().mean())).requires_grad_(True)
+    losses = balanced_fit([weight, bias], lambda f: f @ weight.T + bias, data, data.shot_logits,
+                          data.shot_feats, data.replay_feats, lr=0.01, weight_decay=1e-4)
+    return {"weight": weight.detach(), "bias": bias.detach(), "fit_loss": losses[-1]}
+
+
+# ------------------------------------------------------------------------------------------------ the model
+def extended_model(loaded: LoadedModel, kwargs: dict, classes: int, rows: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """The run's architecture with ``classes`` more outputs: its weights, plus ``rows`` appended (``head.weight``,
+    ``head.bias``, ``cosine_head.weight``, ... as state-dict names; a buffer such as ``feature_mean`` replaced)."""
+    model = create_model(loaded.config.model, len(loaded.labels) + classes, **kwargs)
+    state = dict(loaded.model.state_dict())
+    for name, value in rows.items():
+        state[name] = torch.cat([state[name], value]) if name in state and name.endswith(("weight", "bias")) \
+            else value
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def extend_prototype(loaded: LoadedModel, ext: Extension, replay: Drawings, views: int, seed: int):
+    data = fit_data(loaded, ext, replay, views, seed)
+    fresh = fit_data(loaded, ext, replay, max(views, 1), seed + 1)
+    fitted = fit_prototype(data, fresh, len(ext.classes), getattr(loaded.model, "feature_mean", None))
+    kwargs = {**loaded.config.model_kwargs,
+              "cosine_classes": loaded.config.model_kwargs.get("cosine_classes", 0) + len(ext.classes)}
+    model = extended_model(loaded, kwargs, len(ext.classes), {"cosine_head.weight": fitted["weight"],
+                           "cosine_head.bias": fitted["bias"], "feature_mean": fitted["feature_mean"]})
+    return model, kwargs, {"scale": fitted["scale"], "offset": fitted["offset"], "fit_loss": fitted["fit_loss"]}
+
+
+def extend_probe(loaded: LoadedModel, ext: Extension, replay: Drawings, views: int, seed: int):
+    if loaded.config.model_kwargs.get("cosine_classes", 0):
+        raise QDMError("--method: a model extended with prototypes takes more classes by --method prototype only")
+    fitted = fit_probe(loaded.model, fit_data(loaded, ext, replay, views, seed), len(ext.classes), seed)
+    model = extended_model(loaded, loaded.config.model_kwargs, len(ext.classes),
+                           {"head.weight": fitted["weight"], "head.bias": fitted["bias"]})
+    return model, loaded.config.model_kwargs, {"fit_loss": fitted["fit_loss"]}
+
+
+def extend_finetune(loaded: LoadedModel, ext: Extension, replay: Drawings, views: int, seed: int,
+                    steps: int = FINETUNE_STEPS):
+    from .quant.finetune import TrainingData, fine_tune
+
+    model, kwargs, info = extend_probe(loaded, ext, replay, views, seed)
+    labels = [*loaded.labels, *ext.classes]
+    old = [replay.pixels[replay.labels == c] for c in range(len(loaded.labels))]
+    arrays = [*old, *ext.shots]
+    split = Split("train", labels, [np.arange(len(a)) for a in arrays], arrays)
+    model.train()
+    losses = fine_tune(model, TrainingData(split, loaded.config), steps, lr=loaded.config.lr * 0.1,
+                       batch_size=64, seed=seed, balanced=True, desc="extend: fine-tune")
+    return model.eval(), kwargs, {**info, "finetune_steps": steps, "finetune_loss": losses[-1]}
+
+
+EXTENDERS = {"prototype": extend_prototype, "probe": extend_probe, "finetune": extend_finetune}
+
+
+# ------------------------------------------------------------------------------------------------ the run folder
+def write_run(out: Path, loaded: LoadedModel, model: torch.nn.Module, kwargs: dict, ext: Extension,
+              replay: Drawings, summary: dict) -> RunFolder:
+    """An ordinary run folder: config (the run's, with the model options), weights, labels, summary, and
+    calibration.npz (replay + shots) and the run's sample.npz, so that export needs no --data."""
+    import io
+
+    from .fileio import write_bytes_atomic
+
+    run = RunFolder(out)
+    labels = [*loaded.labels, *ext.classes]
+    config = loaded.config.updated(model_kwargs=kwargs, classes=labels if loaded.config.classes else None)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run.config_path, config.to_yaml())
+    save_weights(run.weights_path, model.state_dict())
+    write_labels(run.labels_path, labels)
+    shot_labels = np.repeat(np.arange(len(ext.shots)) + len(loaded.labels), [len(s) for s in ext.shots])
+    buffer = io.BytesIO()
+    np.savez(buffer, pixels=np.concatenate([replay.pixels, *ext.shots]),
+             labels=np.concatenate([replay.labels, shot_labels]).astype(np.int64))
+    write_bytes_atomic(out / CALIBRATION_FILE, buffer.getvalue())
+    sample = loaded.run.root / SAMPLE_FILE
+    if sample.is_file():
+        write_bytes_atomic(out / SAMPLE_FILE, sample.read_bytes())
+    counted = describe(model)
+    write_json_atomic(run.summary_path, {"model": config.model, "params": counted["params"], "macs": counted["macs"],
+                                         "classes": len(labels), "complete": True, "extended": summary})
+    return run
+
+
+def extend(model_ref: str | Path, source: str | Path, out: str | Path, method: str = "prototype", shots: int = 10,
+           seed: int = 0, classes: list[str] | None = None, replay: str | Path | None = None,
+           views: int = VIEWS) -> dict:
+    """Add the new classes at ``source`` to the model ``model_ref`` from ``shots`` drawings each; write the run
+    folder ``out``. Returns its ``train_summary.json``'s ``extended`` section."""
+    if method not in METHODS:
+        raise QDMError(f"--method: expected one of {', '.join(METHODS)}, got {method!r}")
+    if isinstance(views, bool) or not isinstance(views, int) or views < 0:
+        raise QDMError(f"--views: expected a count >= 0, got {views!r}")
+    out = Path(out)
+    if RunFolder(out).config_path.exists():
+        raise QDMError(f"--out: {out} holds a run already; choose a new folder")
+    loaded = load_model(model_ref)
+    _check_features(loaded)
+    ext = pick_shots(source_drawings(source, loaded.labels, classes), shots, seed, str(source))
+    replayed = replay_drawings(model_ref, replay)
+    torch.manual_seed(seed)
+    model, kwargs, info = EXTENDERS[method](loaded, ext, replayed, views, seed)
+    summary = {"from": DEFAULT if str(model_ref) == DEFAULT else str(Path(model_ref).resolve()), "method": method,
+               "shots": shots, "seed": seed, "views": views, "old_classes": len(loaded.labels),
+               "new_classes": ext.classes, "data": str(source), "replay": replayed.source, **info}
+    write_run(out, loaded, model, kwargs, ext, replayed, summary)
+    return summary
