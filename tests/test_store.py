@@ -258,8 +258,11 @@ def test_model_splits_check_the_models_classes(tmp_path):
     assert splits["train"].classes == ["apple", "star"] and splits["test"].nonempty("s") is splits["test"]
     with pytest.raises(QDMError, match=r"lacks 1 of the model's classes \(e\.g\. 'fish'\); use other data"):
         store.model_splits(SplitSpec(), ["apple", "fish"], "use other data")
-    with pytest.raises(QDMError, match="class order differs from the model's labels.txt"):
-        store.model_splits(SplitSpec(), ["star", "apple"], "use other data")
+    # in the model's order (an extended model lists its new classes last), each class split as in store order
+    reordered = store.model_splits(SplitSpec(), ["star", "apple"], "use other data")
+    assert reordered["train"].classes == ["star", "apple"]
+    for name in ("train", "val", "test"):
+        assert [r.tolist() for r in reordered[name].rows] == [r.tolist() for r in splits[name].rows[::-1]]
     empty = store.model_splits(SplitSpec(test_fraction=0.0), ["cat"], "x")["test"]
     with pytest.raises(QDMError, match="^s: the test split is empty$"):
         empty.nonempty("s")

@@ -265,7 +265,7 @@ def extended_model(loaded: LoadedModel, kwargs: dict, classes: int, rows: dict[s
     return model.eval()
 
 
-def extend_prototype(loaded: LoadedModel, ext: Extension, replay: Drawings, views: int, seed: int):
+def extend_prototype(loaded: LoadedModel, ext: Extension, replay: Drawings, views: int, seed: int, steps: int):
     data = fit_data(loaded, ext, replay, views, seed)
     fresh = fit_data(loaded, ext, replay, max(views, 1), seed + 1)
     fitted = fit_prototype(data, fresh, len(ext.classes), getattr(loaded.model, "feature_mean", None))
@@ -276,7 +276,7 @@ def extend_prototype(loaded: LoadedModel, ext: Extension, replay: Drawings, view
     return model, kwargs, {"scale": fitted["scale"], "offset": fitted["offset"], "fit_loss": fitted["fit_loss"]}
 
 
-def extend_probe(loaded: LoadedModel, ext: Extension, replay: Drawings, views: int, seed: int):
+def extend_probe(loaded: LoadedModel, ext: Extension, replay: Drawings, views: int, seed: int, steps: int = 0):
     if loaded.config.model_kwargs.get("cosine_classes", 0):
         raise QDMError("--method: a model extended with prototypes takes more classes by --method prototype only")
     fitted = fit_probe(loaded.model, fit_data(loaded, ext, replay, views, seed), len(ext.classes), seed)
@@ -285,8 +285,7 @@ def extend_probe(loaded: LoadedModel, ext: Extension, replay: Drawings, views: i
     return model, loaded.config.model_kwargs, {"fit_loss": fitted["fit_loss"]}
 
 
-def extend_finetune(loaded: LoadedModel, ext: Extension, replay: Drawings, views: int, seed: int,
-                    steps: int = FINETUNE_STEPS):
+def extend_finetune(loaded: LoadedModel, ext: Extension, replay: Drawings, views: int, seed: int, steps: int):
     from .quant.finetune import TrainingData, fine_tune
 
     model, kwargs, info = extend_probe(loaded, ext, replay, views, seed)
@@ -335,13 +334,16 @@ def write_run(out: Path, loaded: LoadedModel, model: torch.nn.Module, kwargs: di
 
 def extend(model_ref: str | Path, source: str | Path, out: str | Path, method: str = "prototype", shots: int = 10,
            seed: int = 0, classes: list[str] | None = None, replay: str | Path | None = None,
-           views: int = VIEWS) -> dict:
+           views: int = VIEWS, steps: int = FINETUNE_STEPS) -> dict:
     """Add the new classes at ``source`` to the model ``model_ref`` from ``shots`` drawings each; write the run
-    folder ``out``. Returns its ``train_summary.json``'s ``extended`` section."""
+    folder ``out``. ``steps``: the fine-tune's optimizer steps. Returns its ``train_summary.json``'s ``extended``
+    section."""
     if method not in METHODS:
         raise QDMError(f"--method: expected one of {', '.join(METHODS)}, got {method!r}")
     if isinstance(views, bool) or not isinstance(views, int) or views < 0:
         raise QDMError(f"--views: expected a count >= 0, got {views!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise QDMError(f"--steps: expected a positive number of fine-tune steps, got {steps!r}")
     out = Path(out)
     if RunFolder(out).config_path.exists():
         raise QDMError(f"--out: {out} holds a run already; choose a new folder")
@@ -350,7 +352,7 @@ def extend(model_ref: str | Path, source: str | Path, out: str | Path, method: s
     ext = pick_shots(source_drawings(source, loaded.labels, classes), shots, seed, str(source))
     replayed = replay_drawings(model_ref, replay)
     torch.manual_seed(seed)
-    model, kwargs, info = EXTENDERS[method](loaded, ext, replayed, views, seed)
+    model, kwargs, info = EXTENDERS[method](loaded, ext, replayed, views, seed, steps)
     summary = {"from": DEFAULT if str(model_ref) == DEFAULT else str(Path(model_ref).resolve()), "method": method,
                "shots": shots, "seed": seed, "views": views, "old_classes": len(loaded.labels),
                "new_classes": ext.classes, "data": str(source), "replay": replayed.source, **info}

@@ -10,7 +10,7 @@ def _cmd_extend(args: argparse.Namespace) -> int:
 
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
     summary = extend(args.model, args.data, args.out, method=args.method, shots=args.shots, seed=args.seed,
-                     classes=classes, replay=args.replay, views=args.views)
+                     classes=classes, replay=args.replay, views=args.views, steps=args.steps)
     new = summary["new_classes"]
     print(f"{args.out}: {summary['old_classes']} + {len(new)} classes ({', '.join(new[:8])}"
           f"{', ...' if len(new) > 8 else ''}) by {summary['method']} from {summary['shots']} drawings each")
@@ -37,4 +37,5 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
                    "the run folder's calibration.npz; 'default' has one)")
     p.add_argument("--views", type=int, default=8, help="augmented copies of each shot, with the run's training "
                    "augmentation (default: 8)")
+    p.add_argument("--steps", type=int, default=200, help="optimizer steps of --method finetune (default: 200)")
     p.set_defaults(func=_cmd_extend)

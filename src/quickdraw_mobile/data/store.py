@@ -323,15 +323,17 @@ class Store:
         return {s: Split(s, names, [p[s] for p in per_class], arrays) for s in SPLIT_NAMES}
 
     def model_splits(self, spec: SplitSpec, labels: Sequence[str], fix: str) -> dict[str, Split]:
-        """The splits of exactly a model's classes (``labels``), in its order: a store that lacks one of them, or
-        orders them otherwise, is an error (``fix`` says what to do instead)."""
+        """The splits of exactly a model's classes (``labels``), in its order (a model extended with new classes
+        lists them after the old ones, not in the store's order; a class's rows depend on its name, count and
+        ``spec`` only, so the order changes no split). A store that lacks one of them is an error (``fix`` says
+        what to do instead)."""
         missing = [c for c in labels if c not in self.classes]
         if missing:
             raise QDMError(f"{self.root}: lacks {len(missing)} of the model's classes (e.g. {missing[0]!r}); {fix}")
-        splits = self.splits(spec, labels)
-        if splits["train"].classes != list(labels):
-            raise QDMError(f"{self.root}: class order differs from the model's labels.txt; {fix}")
-        return splits
+        names = list(labels)
+        per_class = [split_class_rows(c, self.counts[c], spec) for c in names]
+        arrays = [self.array(c) for c in names]
+        return {s: Split(s, names, [p[s] for p in per_class], arrays) for s in SPLIT_NAMES}
 
     def describe(self, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0) -> str:
         spec = SplitSpec(val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)

@@ -1,0 +1,134 @@
+"""``qdm extend``: new classes from a few drawings, the old ones kept, written as an ordinary run folder."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_CLASSES, make_store
+
+from quickdraw_mobile.cli import main
+from quickdraw_mobile.data.loader import normalize
+from quickdraw_mobile.data.render import render_many
+from quickdraw_mobile.modelref import load_model
+from quickdraw_mobile.models import create_model
+
+NEW = ["fish", "house"]  # embedded classes that tiny_run (apple, cat, star) lacks
+STROKED = ["triangle", "zigzag"]  # official classes the bundled default lacks, drawn here as strokes
+SHOTS = 5
+METHODS = ["prototype", "probe", "finetune"]
+
+
+def _shape_lines(word: str, n: int) -> list[str]:
+    """``n`` hand-drawn ``word``s (a triangle, or a zigzag), each shifted and stretched a little."""
+    base = {"triangle": [[20, 128, 236, 20], [220, 20, 220, 220]],
+            "zigzag": [[0, 60, 120, 180, 250], [200, 40, 200, 40, 200]]}[word]
+    lines = []
+    for i in range(n):
+        xs = [int(x * (0.8 + 0.04 * (i % 5))) + 3 * (i % 4) for x in base[0]]
+        ys = [int(y * (0.85 + 0.03 * (i % 4))) + 2 * (i % 3) for y in base[1]]
+        lines.append(json.dumps({"word": word, "countrycode": "ZZ", "recognized": True, "key_id": str(i),
+                                 "drawing": [[xs, ys]]}))
+    return lines
+
+
+@pytest.fixture(scope="module")
+def stroke_folder(tmp_path_factory):
+    """A folder of .ndjson stroke files (as the shared simplified/ folder): 12 triangles and 12 zigzags."""
+    folder = tmp_path_factory.mktemp("strokes")
+    for word in STROKED:
+        (folder / f"{word}.ndjson").write_text("\n".join(_shape_lines(word, 12)) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def extended(stroke_folder, tmp_path_factory):
+    """``method -> run folder``: the bundled default extended with triangle and zigzag by each method."""
+    runs = {}
+    for method in METHODS:
+        out = tmp_path_factory.mktemp(method) / "run"
+        assert main(["extend", "--model", "default", "--data", str(stroke_folder), "--out", str(out), "--method",
+                     method, "--shots", str(SHOTS), "--views", "2", "--steps", "15"]) == 0
+        runs[method] = out
+    return runs
+
+
+@pytest.fixture(scope="module")
+def new_store(drawings, tmp_path_factory):
+    """20 real drawings of each of two classes tiny_run lacks."""
+    return make_store(drawings, tmp_path_factory.mktemp("new"), dict.fromkeys(NEW, 20)).root
+
+
+@pytest.fixture(scope="module")
+def all_store(drawings, tmp_path_factory):
+    """tiny_run's classes and the new ones together, for evaluate."""
+    return make_store(drawings, tmp_path_factory.mktemp("all"), dict.fromkeys([*TINY_CLASSES, *NEW], 100)).root
+
+
+def test_a_plain_cnn_has_features_and_no_cosine_head():
+    model = create_model("cnn", 4, width=8, blocks=(1, 1)).eval()
+    x = torch.randn(2, 1, 28, 28)
+    assert not any(name.startswith(("cosine_head", "feature_mean")) for name in model.state_dict())
+    assert torch.equal(model(x), model.head(model.features(x)))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_extended_run_loads_with_old_and_new_labels(extended, method, drawings):
+    old, new = load_model("default"), load_model(extended[method])
+    assert new.labels == [*old.labels, *STROKED]
+    summary = json.loads((extended[method] / "train_summary.json").read_text())["extended"]
+    assert summary["method"] == method and summary["shots"] == SHOTS and summary["new_classes"] == STROKED
+    x = normalize(np.concatenate([drawings(name, 4) for name in ("apple", "cat", "star", "tree")]))
+    with torch.no_grad():
+        before, after = old.model(x), new.model(x)
+    assert after.shape == (len(x), len(old.labels) + len(STROKED))
+    if method != "finetune":  # prototype and probe leave the old logits exactly as they were
+        torch.testing.assert_close(after[:, : len(old.labels)], before, rtol=0, atol=1e-5)
+    else:  # the fine-tune moves every weight, and still knows the old drawings
+        assert not torch.equal(after[:, : len(old.labels)], before)
+        assert (after.argmax(1) == before.argmax(1)).float().mean() >= 0.75
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_new_classes_are_guessed_for_their_shots_and_others(extended, method):
+    new = load_model(extended[method])
+    pixels = np.concatenate([render_many([json.loads(line)["drawing"] for line in _shape_lines(word, 12)])
+                             for word in STROKED])
+    truth = np.repeat(np.arange(len(STROKED)) + len(new.labels) - len(STROKED), 12)
+    with torch.no_grad():
+        guessed = new.model(normalize(pixels)).argmax(1).numpy()
+    assert (guessed == truth).mean() >= 0.9, guessed
+
+
+def test_an_extended_run_exports_to_onnx_without_data(extended, tmp_path):
+    onnx = tmp_path / "prototype.onnx"
+    assert main(["export", "--model", str(extended["prototype"]), "--format", "onnx", "--out", str(onnx)]) == 0
+    assert onnx.stat().st_size > 0
+
+
+def test_an_extended_tiny_run_evaluates_on_a_store_of_old_and_new(tiny_run, tiny_store, new_store, all_store,
+                                                                  tmp_path):
+    for method in ("prototype", "probe"):
+        run = tmp_path / f"run-{method}"
+        assert main(["extend", "--model", str(tiny_run), "--data", str(new_store), "--out", str(run), "--method",
+                     method, "--shots", str(SHOTS), "--replay", str(tiny_store), "--views", "1"]) == 0
+        assert main(["evaluate", "--model", str(run), "--data", str(all_store), "--out", str(tmp_path / method),
+                     "--no-plots"]) == 0
+        metrics = json.loads((tmp_path / method / "metrics.json").read_text())
+        assert metrics["n"] == 5 * 10 and 0.0 <= metrics["top1"] <= 1.0
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--method", "knn"], "--method: expected one of prototype, probe, finetune"),
+    (["--shots", "50"], "--shots 50: class 'fish' has only 20 drawings"),
+    (["--classes", "apple"], "--classes: the model already knows apple"),
+])
+def test_bad_input_is_a_one_line_error(tiny_run, tiny_store, new_store, tmp_path, capsys, args, says):
+    """An unknown method, more shots than drawings, a class the model knows: one line, exit 2, no folder."""
+    code = main(["extend", "--model", str(tiny_run), "--data", str(new_store), "--out", str(tmp_path / "run"),
+                 "--replay", str(tiny_store), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and says in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
