@@ -182,13 +182,19 @@ def balanced_fit(params: list[torch.Tensor], new_logits, data: FitData, old_shot
                  shot_inputs: torch.Tensor, replay_inputs: torch.Tensor, *, steps: int = FIT_STEPS,
                  lr: float = 0.05, weight_decay: float = 0.0) -> list[float]:
     """Full-batch Adam on ``params``: cross-entropy over all logits (the old ones fixed, ``new_logits(inputs)``
-    appended), each class weighted equally, shots labelled after the old classes. Returns the losses."""
+    appended), the old and the new classes' groups weighted equally and each class equally within its group,
+    shots labelled after the old classes. Returns the losses."""
     old = data.replay_logits.shape[1]
     logits_fixed = torch.cat([old_shot_logits, data.replay_logits])
     labels = torch.cat([data.shot_labels + old, data.replay_labels])
     inputs = torch.cat([shot_inputs, replay_inputs])
     counts = torch.bincount(labels, minlength=old + int(data.shot_labels.max()) + 1).float()
-    weight = torch.where(counts > 0, counts.sum() / counts.clamp_min(1), torch.zeros_like(counts))
+    # the old and the new classes weigh the same in all (each class equally within its group): weighted by class
+    # alone, 293 new classes would outvote 52 old ones, and the fit would give the old drawings away
+    present = counts > 0
+    groups = torch.tensor([int(present[:old].sum()), int(present[old:].sum())]).clamp_min(1).float()
+    per_group = torch.cat([groups[0].expand(old), groups[1].expand(len(counts) - old)])
+    weight = torch.where(present, 1.0 / (per_group * counts.clamp_min(1)), torch.zeros_like(counts))
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     losses = []
     for _ in range(steps):
@@ -265,9 +271,14 @@ def extended_model(loaded: LoadedModel, kwargs: dict, classes: int, rows: dict[s
     return model.eval()
 
 
+def fresh_views(views: int) -> int:
+    """Augmented copies per shot, besides the shot, that the prototype scale is fitted on."""
+    return max(1, views // 4)
+
+
 def extend_prototype(loaded: LoadedModel, ext: Extension, replay: Drawings, views: int, seed: int, steps: int):
     data = fit_data(loaded, ext, replay, views, seed)
-    fresh = fit_data(loaded, ext, replay, max(views, 1), seed + 1)
+    fresh = fit_data(loaded, ext, replay, fresh_views(views), seed + 1)
     fitted = fit_prototype(data, fresh, len(ext.classes), getattr(loaded.model, "feature_mean", None))
     kwargs = {**loaded.config.model_kwargs,
               "cosine_classes": loaded.config.model_kwargs.get("cosine_classes", 0) + len(ext.classes)}
