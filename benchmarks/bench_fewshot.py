@@ -12,7 +12,7 @@ augmentation, no fitted scale; 293-way scores only), and ``prototype`` / ``probe
 ``qdm extend`` runs them (``quickdraw_mobile.extend``). Features of every drawing and of its augmented views are
 computed once and shared by the episodes; the fine-tune runs the model itself (``--finetune-episodes`` of them).
 
-    PYTHONPATH=src python benchmarks/bench_fewshot.py --out benchmarks/results/fewshot
+    PYTHONPATH=src python benchmarks/bench_fewshot.py --out runs/fewshot
 """
 
 from __future__ import annotations
@@ -221,7 +221,7 @@ def plot(summary: list[dict], out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=SHARED, help="the folder with simplified/ and raw/")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/fewshot"))
+    p.add_argument("--out", type=Path, default=Path("runs/fewshot"))
     p.add_argument("--shots", default="1,5,10,20")
     p.add_argument("--episodes", type=int, default=5)
     p.add_argument("--held-out", type=int, default=6)
