@@ -14,13 +14,19 @@ Then, for each N, every phase runs as its own child process, so each peak is tha
     split     Store.open + Store.splits() with the default SplitSpec: the train/val/test rows of every class
     train     train() of ``--model cnn`` for K steps (the CLI has no step limit; ``stop_after_steps`` does it)
 
-For each: wall time (the phase's own work, after the child's imports), drawings (or training samples) per
-second, the peak resident memory (``VmHWM`` of the child's /proc/self/status, not ``ru_maxrss``, which Linux
-carries over from the parent: see quickdraw_mobile/bench/memory.py) and how it splits into anonymous memory
-(``RssAnon``: heap, arrays) and file-backed pages (``RssFile``: memory-mapped store files held in the page cache),
-sampled by this process every few milliseconds at the child's largest RSS. The growth of the system's page cache
-over the phase (``Cached`` in /proc/meminfo) is recorded too; it is machine-wide, so other work on the machine
-shows in it. Training samples/s are timed from the end of the first step to the end of the last.
+``qdm data download`` builds the store itself (there is no separate ingest step after a download), so the
+ingest phase measures the other way in: a folder of local official files into a second store.
+
+For each: wall time (the phase in the child: the package imports it needs, torch for train, and its work; not
+the interpreter's start), drawings (or training samples) per second, the peak resident memory (``VmHWM`` of the
+child's /proc/self/status, not ``ru_maxrss``, which Linux carries over from the parent: see
+quickdraw_mobile/bench/memory.py) and how it splits into anonymous memory (``RssAnon``: heap, arrays, tensors)
+and file-backed pages (``RssFile``: shared libraries, torch's among them, and memory-mapped data, which is the
+page cache), sampled by this process every 10 ms at the child's largest RSS; the resident pages of the data files
+the child maps (mirror, store) are summed from /proc/<pid>/smaps every 0.2 s. The growth of the page cache over
+the phase (``Cached`` in /proc/meminfo) is recorded too; it is machine-wide, so other work shows in it. Training
+samples/s are timed from the end of the first step to the end of the last (``first_step_s`` in the JSON: the time
+to the end of the first step, which holds opening the store, the splits and the loader's epoch order).
 
     PYTHONPATH=src .venv/bin/python benchmarks/bench_scale.py --per-class 1000,5000,20000 --steps 50 --out bench_scale
 
