@@ -24,11 +24,12 @@ quickdraw_mobile/bench/memory.py) and how it splits into anonymous memory (``Rss
 and file-backed pages (``RssFile``: shared libraries, torch's among them, and memory-mapped data, which is the
 page cache), sampled by this process every 10 ms at the child's largest RSS; the resident pages of the data files
 the child maps (mirror, store) are summed from /proc/<pid>/smaps every 0.2 s. The growth of the page cache over
-the phase (``Cached`` in /proc/meminfo) is recorded too; it is machine-wide, so other work shows in it. Training
-samples/s are timed from the end of the first step to the end of the last (``first_step_s`` in the JSON: the time
-to the end of the first step, which holds opening the store, the splits and the loader's epoch order).
+the phase (``Cached`` in /proc/meminfo) is recorded too; it is machine-wide, so other work shows in it, and so is
+the CPU the rest of the machine kept busy meanwhile (/proc/stat less the child's own CPU time): how contended the
+timings were. Training samples/s are timed over the steps after the first fifth, a warm-up (``first_step_s`` in
+the JSON: the time to the end of the first step, which holds opening the store, the splits and the epoch order).
 
-    PYTHONPATH=src .venv/bin/python benchmarks/bench_scale.py --per-class 1000,5000,20000 --steps 50 --out bench_scale
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_scale.py --per-class 1000,5000,20000 --out bench_scale
 
 Writes --out/bench_scale.{md,json,png}. The work folder (mirror, stores, run folders) is deleted afterwards
 unless --keep; 20,000 per class needs about 16 GB of disk (mirror + two stores of 5.4 GB).
@@ -187,10 +188,17 @@ def _train(store: str, out: str, steps: int, batch_size: int) -> dict:
     started = time.perf_counter()
     summary = train(load_config(None, model="cnn", batch_size=batch_size), store, out, progress=False,
                     stop_after_steps=steps)
-    timed = (len(stamps) - 1) * batch_size
-    return {"steps": len(stamps), "train_samples": summary["train_samples"], "threads": summary["threads"],
-            "first_step_s": stamps[0] - started,
-            "samples_per_s": timed / (stamps[-1] - stamps[0]) if timed else None}
+    warmup = warmup_steps(len(stamps))
+    timed = (len(stamps) - warmup) * batch_size
+    return {"steps": len(stamps), "warmup_steps": warmup, "train_samples": summary["train_samples"],
+            "threads": summary["threads"], "first_step_s": stamps[0] - started,
+            "samples_per_s": timed / (stamps[-1] - stamps[warmup - 1]) if timed else None}
+
+
+def warmup_steps(steps: int) -> int:
+    """Steps left out of samples/s: the first fifth (at least one); the first tens run slower (measured: ~750
+    against ~950 samples/s on 2 cores), while the kernels and the touched pages of the store warm up."""
+    return max(1, steps // 5)
 
 
 def run_child(phase: str, params: dict, result: Path) -> None:
@@ -229,6 +237,12 @@ def _mapped_data_kb(pid: int, folder: str) -> int:
     return total
 
 
+def _machine_cpu_s() -> float:
+    """CPU seconds all cores have been busy since boot (/proc/stat: everything but idle and iowait)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(values[:8]) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def _watch(pid: int, folder: str, done: threading.Event, samples: list[dict]) -> None:
     """Sample the child's memory until ``done``: status every SAMPLE_EVERY s, the (costlier) smaps every 20th."""
     path, looks = Path(f"/proc/{pid}/status"), 0
@@ -247,13 +261,15 @@ def measure_phase(phase: str, params: dict, work: Path) -> dict:
     result, log = work / f"{phase}.result.json", work / f"{phase}.log"
     result.unlink(missing_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", phase, json.dumps(params), str(result)]
-    cache_before, samples, done = _page_cache_kb(), [], threading.Event()
+    cache_before, busy_before, samples, done = _page_cache_kb(), _machine_cpu_s(), [], threading.Event()
+    started = time.perf_counter()
     with open(log, "w") as log_file:
         child = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
         watcher = threading.Thread(target=_watch, args=(child.pid, str(work.resolve()) + "/", done, samples),
                                    daemon=True)
         watcher.start()
-        code = child.wait()
+        _, status, usage = os.wait4(child.pid, 0)  # the child's CPU time, to tell it from other work's
+        code = child.returncode = os.waitstatus_to_exitcode(status)
         done.set()
         watcher.join()
     if code != 0 or not result.exists():
@@ -269,6 +285,9 @@ def measure_phase(phase: str, params: dict, work: Path) -> dict:
         "max_data_mapped_mb": max((s.get("Data", 0) for s in samples), default=0) * 1024 / MB,
         "samples_taken": len(samples),
         "page_cache_growth_mb": (_page_cache_kb() - cache_before) * 1024 / MB,
+        # CPU the rest of the machine used meanwhile (this process's server and sampler included), in cores
+        "other_cpu_cores": max(0.0, _machine_cpu_s() - busy_before - usage.ru_utime - usage.ru_stime)
+        / (time.perf_counter() - started),
     })
     return figures
 
@@ -299,7 +318,7 @@ def measure_size(n: int, url: str, mirror: Path, work: Path, steps: int, batch_s
 def markdown(results: list[dict]) -> str:
     head = ("| N per class | drawings | phase | wall s | drawings/s (train: samples/s) | peak RSS MB "
             "| anon at peak MB | file-backed at peak MB | of it data files, max MB | max anon MB "
-            "| page cache growth MB (machine-wide) |")
+            "| page cache growth MB (machine-wide) | other work, cores |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for size in results:
         for phase, f in size["phases"].items():
@@ -307,7 +326,7 @@ def markdown(results: list[dict]) -> str:
             lines.append(f"| {size['per_class']:,} | {size['drawings']:,} | {phase} | {f['wall_s']:.1f} "
                          f"| {rate:,.0f} | {f['peak_rss_mb']:.0f} | {f['anon_at_peak_mb']:.0f} "
                          f"| {f['file_at_peak_mb']:.0f} | {f['max_data_mapped_mb']:.0f} | {f['max_anon_mb']:.0f} "
-                         f"| {f['page_cache_growth_mb']:,.0f} |")
+                         f"| {f['page_cache_growth_mb']:,.0f} | {f['other_cpu_cores']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -339,8 +358,9 @@ def report(results: list[dict], meta: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     note = (f"Mirror: the official layout and size (345 files `<class>.npy`, official names), made of the real "
             f"bitmaps of {meta['source_classes']} classes reused in turn (not 345 distinct classes), served on "
-            f"127.0.0.1. Training: cnn, batch {meta['batch_size']}, {meta['steps']} steps, samples/s from the end "
-            f"of step 1 to the end of step {meta['steps']}. Memory is the child process's: peak RSS = VmHWM; anon "
+            f"127.0.0.1. Training: cnn, batch {meta['batch_size']}, {meta['steps']} steps, samples/s over the steps "
+            f"after the first {warmup_steps(meta['steps'])}. 'other work': CPU cores the rest of the machine kept "
+            f"busy during the phase (the mirror's server among them), a measure of contention. Memory is the child process's: peak RSS = VmHWM; anon "
             f"(RssAnon) and file-backed (RssFile: shared libraries such as torch's, plus memory-mapped data) at the "
             f"largest sampled RSS; 'data files' = the resident pages of the mirror/store files it maps (from "
             f"/proc/<pid>/smaps). Load average at the start: {meta['load_average']:.1f} "
@@ -356,7 +376,8 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--per-class", default="1000,5000,20000", help="comma-separated N (drawings per class)")
-    parser.add_argument("--steps", type=int, default=50, help="training steps per N (default 50; at least 2)")
+    parser.add_argument("--steps", type=int, default=100,
+                        help="training steps per N (default 100, the first fifth not timed; at least 2)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=4, help="qdm data download --workers (default 4)")
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="folder of real <class>.npy bitmaps")

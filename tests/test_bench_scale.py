@@ -37,10 +37,11 @@ def test_bench_scale_measures_every_phase_at_a_tiny_size(drawings, tmp_path):
         assert figures["anon_at_peak_mb"] <= figures["max_anon_mb"], phase
         assert figures["max_data_mapped_mb"] <= figures["max_file_mb"], phase
         assert figures["samples_taken"] > 0, phase
+        assert figures["other_cpu_cores"] >= 0, phase
     for phase in ("download", "ingest", "split"):
         assert size["phases"][phase]["drawings_per_s"] > 0
     train = size["phases"]["train"]
-    assert train["steps"] == 3 and train["samples_per_s"] > 0
+    assert train["steps"] == 3 and train["warmup_steps"] == 1 and train["samples_per_s"] > 0
     assert train["train_samples"] == 345 * 40  # the default split keeps 80% of each class for training
     assert size["phases"]["split"]["rows"] == {"train": 345 * 40, "val": 345 * 5, "test": 345 * 5}
     assert size["phases"]["train"]["peak_rss_mb"] > size["phases"]["split"]["peak_rss_mb"]  # torch and a model
