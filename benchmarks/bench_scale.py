@@ -23,7 +23,7 @@ child's /proc/self/status, not ``ru_maxrss``, which Linux carries over from the 
 quickdraw_mobile/bench/memory.py) and how it splits into anonymous memory (``RssAnon``: heap, arrays, tensors)
 and file-backed pages (``RssFile``: shared libraries, torch's among them, and memory-mapped data, which is the
 page cache), sampled by this process every 10 ms at the child's largest RSS; the resident pages of the data files
-the child maps (mirror, store) are summed from /proc/<pid>/smaps every 0.2 s. The growth of the page cache over
+the child maps (mirror, store) are summed from /proc/<pid>/smaps every 0.5 s. The growth of the page cache over
 the phase (``Cached`` in /proc/meminfo) is recorded too; it is machine-wide, so other work shows in it, and so is
 the CPU the rest of the machine kept busy meanwhile (/proc/stat less the child's own CPU time): how contended the
 timings were. Training samples/s are timed over the steps after the first fifth, a warm-up (``first_step_s`` in
@@ -61,7 +61,7 @@ PIXELS = 784
 CHUNK_ROWS = 8192  # rows written per step while building the mirror (6.4 MB)
 SEND_CHUNK = 1 << 20
 SAMPLE_EVERY = 0.01  # seconds between the parent's looks at the child's /proc/<pid>/status
-SMAPS_EVERY = 20  # looks between two reads of /proc/<pid>/smaps (long for a process that has imported torch)
+SMAPS_EVERY = 50  # looks between two reads of /proc/<pid>/smaps (12 ms for a process that has imported torch)
 MB = 1e6
 
 
@@ -244,7 +244,7 @@ def _machine_cpu_s() -> float:
 
 
 def _watch(pid: int, folder: str, done: threading.Event, samples: list[dict]) -> None:
-    """Sample the child's memory until ``done``: status every SAMPLE_EVERY s, the (costlier) smaps every 20th."""
+    """Sample the child's memory until ``done``: status every SAMPLE_EVERY s, the (costlier) smaps every SMAPS_EVERY-th."""
     path, looks = Path(f"/proc/{pid}/status"), 0
     while not done.is_set():
         with contextlib.suppress(OSError, ValueError, KeyError, IndexError):
