@@ -244,7 +244,7 @@ def _machine_cpu_s() -> float:
 
 
 def _watch(pid: int, folder: str, done: threading.Event, samples: list[dict]) -> None:
-    """Sample the child's memory until ``done``: status every SAMPLE_EVERY s, the (costlier) smaps every SMAPS_EVERY-th."""
+    """Sample the child's memory until ``done``: status at every look, the costlier smaps at every SMAPS_EVERY-th."""
     path, looks = Path(f"/proc/{pid}/status"), 0
     while not done.is_set():
         with contextlib.suppress(OSError, ValueError, KeyError, IndexError):
