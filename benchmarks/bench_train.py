@@ -30,9 +30,10 @@ import torch
 import yaml
 from torchvision.transforms import v2
 
-from quickdraw_mobile.bench.latency import conv_peak_gmacs, peak_gmacs
+from quickdraw_mobile.bench.latency import peak_gmacs
 from quickdraw_mobile.data.ingest import ingest
 from quickdraw_mobile.data.store import SplitSpec, Store
+from quickdraw_mobile.device import conv_peak_gmacs
 from quickdraw_mobile.models import count_macs, count_train_macs, create_model
 from quickdraw_mobile.train.config import TrainConfig
 from quickdraw_mobile.train.loop import train

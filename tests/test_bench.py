@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from quickdraw_mobile.bench.latency import conv_peak_gmacs, latency, peak_gmacs, throughput, time_calls
+from quickdraw_mobile.bench.latency import latency, peak_gmacs, throughput, time_calls
 from quickdraw_mobile.bench.memory import peak_memory
 from quickdraw_mobile.bench.report import markdown_table
 from quickdraw_mobile.bench.runner import run_bench
 from quickdraw_mobile.cli import main as qdm
+from quickdraw_mobile.device import conv_peak_gmacs
 from quickdraw_mobile.errors import QDMError
 from quickdraw_mobile.export.pipeline import export_model
 

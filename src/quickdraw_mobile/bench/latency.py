@@ -2,9 +2,9 @@
 
 Every measurement warms up first (allocators, kernel selection, weight packing), then times each call on its own
 with ``perf_counter``. Percentiles rather than means: on a shared machine the tail is noise from other processes,
-the median is the model. A peak is what the same thread count gets from a large matrix multiply or a dense 3x3
-convolution (fp32, or bf16 as under autocast: the best cases for a CPU), in multiply-accumulates per second, so a
-model's achieved GMAC/s can be read against it.
+the median is the model. A peak is what the same thread count gets from a large matrix multiply (fp32, or bf16 as under
+autocast), in multiply-accumulates per second, so a model's achieved GMAC/s can be read against it; the dense 3x3
+convolution peak, which training reads its steps against, is ``device.conv_peak_gmacs``.
 """
 
 from __future__ import annotations
@@ -43,31 +43,12 @@ def throughput(run: RunFn, batch: np.ndarray, runs: int = 20, warmup: int = 3) -
             "runs": runs}
 
 
-def _best_seconds(threads: int, call: Callable[[], object], repeats: int) -> float:
-    """The fastest of ``repeats`` timed ``call()`` on ``threads`` torch threads (after two untimed ones)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        return float(time_calls(lambda _: call(), np.empty(0), repeats, warmup=2).min())
-    finally:
-        torch.set_num_threads(before)
-
-
 def peak_gmacs(threads: int, size: int = 1024, repeats: int = 10, dtype: str = "float32") -> float:
     """GMAC/s of the best of ``repeats`` ``size`` x ``size`` matmuls of ``dtype`` (a torch dtype name: float32,
     bfloat16) on ``threads`` torch threads."""
     import torch
 
+    from ..device import best_seconds
+
     a, b = (torch.randn(size, size, dtype=getattr(torch, dtype)) for _ in range(2))
-    return size**3 / _best_seconds(threads, lambda: torch.mm(a, b), repeats) / 1e9  # size^3 MACs (2 size^3 FLOPs)
-
-
-def conv_peak_gmacs(threads: int, channels: int = 256, size: int = 7, batch: int = 64, repeats: int = 10,
-                    dtype: str = "float32") -> float:
-    """GMAC/s of a dense 3x3 convolution of ``dtype`` on ``threads`` threads: ``device.conv_peak_gmacs`` (there,
-    below training, whose log reads its steps against it)."""
-    from ..device import conv_peak_gmacs as measured
-
-    return measured(threads, channels, size, batch, repeats, dtype)
+    return size**3 / best_seconds(threads, lambda: torch.mm(a, b), repeats) / 1e9  # size^3 MACs (2 size^3 FLOPs)
