@@ -25,6 +25,7 @@ has one) or, with ``replay``, from the training split of the store the model was
 
 from __future__ import annotations
 
+import io
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -38,14 +39,15 @@ from .data.loader import AugmentConfig, augment_batch, normalize
 from .data.store import MANIFEST, Split, Store
 from .errors import QDMError
 from .export.calibration import CALIBRATION_FILE, SAMPLE_FILE, Drawings, calibration_set
-from .fileio import write_json_atomic, write_text_atomic
-from .modelref import DEFAULT, LoadedModel, load_model
+from .fileio import write_bytes_atomic, write_json_atomic, write_text_atomic
+from .modelref import DEFAULT, LoadedModel, load_model, resolve_run
 from .models import create_model
 from .models.profile import describe
+from .options import CALIBRATION_SIZE
 from .runfolder import RunFolder, save_weights, write_labels
 
 METHODS = ("prototype", "probe", "finetune")
-REPLAY_SIZE = 2048  # old-class drawings the fits see (default's calibration.npz holds 2048)
+REPLAY_SIZE = CALIBRATION_SIZE  # old-class drawings the fits see: a run's whole calibration set
 VIEWS = 8  # augmented copies of each shot (the run's training augmentation) besides the shot itself
 FIT_STEPS = 300  # full-batch Adam steps of the prototype scale/offset and of the probe
 FINETUNE_STEPS = 200
@@ -111,13 +113,10 @@ def pick_shots(drawings: dict[str, np.ndarray], shots: int, seed: int, where: st
 def replay_drawings(model_ref: str | Path, replay: str | Path | None) -> Drawings:
     """The old classes' drawings the fits see: the run's bundled calibration.npz, or its training split of
     ``replay``."""
-    try:
-        return calibration_set(model_ref, replay, n=REPLAY_SIZE)
-    except QDMError as exc:
-        if replay is None and "--data" in str(exc):
-            raise QDMError(f"--replay: required for {model_ref} (the store it was trained on; the run folder has "
-                           f"no {CALIBRATION_FILE} of old-class drawings)") from None
-        raise
+    if replay is None and not (resolve_run(model_ref).root / CALIBRATION_FILE).is_file():
+        raise QDMError(f"--replay: required for {model_ref} (the store it was trained on; the run folder has "
+                       f"no {CALIBRATION_FILE} of old-class drawings)")
+    return calibration_set(model_ref, replay, n=REPLAY_SIZE)
 
 
 # ------------------------------------------------------------------------------------------------ features
@@ -318,10 +317,6 @@ def write_run(out: Path, loaded: LoadedModel, model: torch.nn.Module, kwargs: di
               replay: Drawings, summary: dict) -> RunFolder:
     """An ordinary run folder: config (the run's, with the model options), weights, labels, summary, and
     calibration.npz (replay + shots) and the run's sample.npz, so that export needs no --data."""
-    import io
-
-    from .fileio import write_bytes_atomic
-
     run = RunFolder(out)
     labels = [*loaded.labels, *ext.classes]
     config = loaded.config.updated(model_kwargs=kwargs, classes=labels if loaded.config.classes else None)
