@@ -168,7 +168,7 @@ def test_browser_model_is_exported_once_and_served(browser_model, server):
     import httpx
 
     before = browser_model.stat().st_mtime_ns
-    assert browser_model_for(MODEL, cache_dir=browser_model.parents[1]) == browser_model
+    assert browser_model_for(MODEL, cache_dir=browser_model.parents[2]) == browser_model
     assert browser_model.stat().st_mtime_ns == before  # found in the cache, not exported again
     info = httpx.get(f"{server}/model").json()["browser_model"]
     assert info["quant"] == "int8" and info["input"] == "pixels"

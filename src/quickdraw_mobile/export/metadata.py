@@ -26,6 +26,7 @@ from .selfcheck import check_selfcheck
 ARTIFACT_FORMAT = "quickdraw-mobile-artifact"
 ARTIFACT_VERSION = 1
 SIDE = 28
+FEATURES_NAME = "features"  # the features output's name (export/onnx.py names it so)
 # The normalization of data.loader.normalize, restated here so reading metadata needs no torch.
 MEAN = 0.5
 STD = 0.5
@@ -62,13 +63,25 @@ def input_contract(max_batch: int | None) -> dict:
     }
 
 
+def features_contract(width: int) -> dict:
+    """The second output of an artifact exported with its features (an .onnx for the drawing page)."""
+    return {
+        "name": FEATURES_NAME,
+        "shape": ["batch", width],
+        "dtype": "float32",
+        "meaning": "the pooled features the logits are computed from (the model's features(x)); a class taught "
+        "from a few drawings scores scale * cos(unit(f - feature_mean), prototype) + offset on them",
+    }
+
+
 def build_metadata(*, name: str, written: Path, quant: str, method: str, classes: list[str],
-                   max_batch: int | None, model: dict, export: dict, verification: dict | None = None) -> dict:
+                   max_batch: int | None, model: dict, export: dict, verification: dict | None = None,
+                   features: int | None = None) -> dict:
     """The metadata.json of the artifact called ``name``, whose bytes are in ``written`` (size and sha256).
 
     ``quant``: its precision (none, int8, int4); ``method``: what made it, a method of the quantization registry
     (fp32, int8-ptq, ...; ``qdm quantize --help`` lists them) or ``onnxruntime-int8`` (ONNX Runtime's own static
-    INT8 of an .onnx)."""
+    INT8 of an .onnx); ``features``: D of its features output, when it has one (then the ``features`` entry)."""
     return {
         "format": ARTIFACT_FORMAT,
         "version": ARTIFACT_VERSION,
@@ -87,6 +100,7 @@ def build_metadata(*, name: str, written: Path, quant: str, method: str, classes
             "dtype": "float32",
             "meaning": "unnormalized class scores in the order of 'classes'; softmax gives probabilities",
         },
+        **({"features": features_contract(features)} if features else {}),
         "num_classes": len(classes),
         "classes": list(classes),
         "model": model,
@@ -133,6 +147,11 @@ def read_metadata(artifact: str | Path, check_file: bool = True) -> tuple[dict, 
     if meta["output"].get("shape") != ["batch", num_classes]:
         raise QDMError(f"{meta_path}: output shape {meta['output'].get('shape')} does not match "
                        f"{num_classes} classes")
+    features = meta.get("features")
+    if features is not None and not (isinstance(features, dict) and features.get("name") == FEATURES_NAME and
+                                     isinstance(features.get("shape"), list) and len(features["shape"]) == 2):
+        raise QDMError(f"{meta_path}: field 'features' must name the {FEATURES_NAME!r} output of shape "
+                       f"['batch', D], got {features!r}"[:300])
     if meta["artifact"].get("runtime") != runtime:
         raise QDMError(f"{meta_path}: describes a {meta['artifact'].get('runtime')} model, not a {runtime} one")
     if meta.get("selfcheck") is not None:  # older exports have none

@@ -32,6 +32,7 @@ from ..quant.inputs import check_training_data, method_inputs
 from ..quant.registry import ALIASES, get_method
 from .calibration import Drawings, calibration_set, verification_set
 from .metadata import build_metadata, read_metadata, write_sidecars
+from .onnx import has_features
 from .runtime import Artifact, Lowered, runtime_module
 from .selfcheck import build_selfcheck
 from .verify import check_agreement, eager_logits, verify_artifact
@@ -84,23 +85,32 @@ def _by_registry_method(runtime: Runtime, model_ref: str | Path, loaded: LoadedM
 
 
 def _by_runtime_itself(runtime: Runtime, model_ref: str | Path, loaded: LoadedModel, quant: str, data_dir,
-                       calib: int, seed: int) -> Converted:
-    """The runtime's own conversion and quantization (``quant``), calibrated on the training split's drawings."""
+                       calib: int, seed: int, features: bool = False) -> Converted:
+    """The runtime's own conversion and quantization (``quant``), calibrated on the training split's drawings;
+    ``features``: with the features output too."""
     calibration = calibration_set(model_ref, data_dir, calib, seed) if quant != "none" else None
-    lowered = runtime_module(runtime).convert(loaded.model, quant, calibration.pixels if calibration else None)
+    pixels = calibration.pixels if calibration else None
+    convert = runtime_module(runtime).convert
+    lowered = convert(loaded.model, quant, pixels, features=True) if features else convert(loaded.model, quant, pixels)
     return Converted(lowered, quant, lowered.method, lowered.scheme, calibration)
 
 
 def export_model(model_ref: str | Path, fmt: str, quant: str, out: str | Path, data_dir: str | Path | None = None,
-                 calib: int = CALIBRATION_SIZE, seed: int = 0) -> dict:
-    """Export, verify and write ``out`` plus its sidecars; returns the metadata written (with a lowering report)."""
+                 calib: int = CALIBRATION_SIZE, seed: int = 0, features: bool = False) -> dict:
+    """Export, verify and write ``out`` plus its sidecars; returns the metadata written (with a lowering report).
+
+    ``features``: an .onnx also outputs the pooled features (``export.onnx``), when the model has them (the cnn
+    family; a model without gets the logits only): what the drawing page's taught classes are computed from."""
     out, runtime, method = check_options(fmt, quant, out)
+    if features and runtime.format != "onnx":
+        raise QDMError(f"features output: only an .onnx export has one, not --format {fmt}")
     check_training_data([method], data_dir)
     loaded = load_model(model_ref)
     verification = verification_set(model_ref, data_dir)
     eager = eager_logits(loaded.model, verification, str(out))
+    features = features and has_features(loaded.model)
     made = (_by_registry_method(runtime, model_ref, loaded, method, data_dir, calib, seed) if runtime.quants is None
-            else _by_runtime_itself(runtime, model_ref, loaded, quant, data_dir, calib, seed))
+            else _by_runtime_itself(runtime, model_ref, loaded, quant, data_dir, calib, seed, features))
     model_info = describe_model(loaded)
     export_info = {"tool": f"quickdraw-mobile {__version__}", "torch": version("torch"), **made.lowered.backend,
                    "method": made.method, "quantization": made.scheme, **made.facts,
@@ -111,7 +121,7 @@ def export_model(model_ref: str | Path, fmt: str, quant: str, out: str | Path, d
         tmp.write_bytes(made.lowered.data)
         metadata = build_metadata(name=out.name, written=tmp, quant=made.quant, method=made.method,
                                   classes=loaded.labels, max_batch=made.lowered.max_batch, model=model_info,
-                                  export=export_info)
+                                  export=export_info, features=made.lowered.features)
         result, logits = verify_artifact(Artifact(tmp, metadata, loaded.labels, probe=False), eager, verification,
                                          str(out))
         # Only the fp32 method must compute what the eager model computes; the others differ from it by design.

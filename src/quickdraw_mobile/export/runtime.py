@@ -39,6 +39,7 @@ class Lowered:
     # a runtime that quantizes with its own tools (``Runtime.quants``) names what it did:
     method: str | None = None  # fp32, onnxruntime-int8, ...
     scheme: str | None = None  # one line: weights, activations, granularity
+    features: int | None = None  # D of the file's second output, the (batch, D) pooled features, when it has one
 
 
 class RuntimeModule(Protocol):

@@ -12,7 +12,8 @@ Layout at 28x28 input, ``width`` = w (default 32):
     cosine   ``cosine_classes`` = n > 0 (what ``qdm extend --method prototype`` writes): the last n of the
              ``num_classes`` logits come from a second linear layer on the centred (``feature_mean``),
              L2-normalised pooled features (a cosine classifier whose scale and offset are folded into its weights
-             and bias); the first ``num_classes - n`` from ``head`` as before. ``features(x)`` is the pooled (4w)-d vector both read.
+             and bias); the first ``num_classes - n`` from ``head`` as before. ``features(x)`` is the pooled (4w)-d vector both read,
+             ``classify(features)`` the logits of it.
 
 Why it looks like this:
 - Only Conv-BN-ReLU, residual add, average pool and linear: every op has an XNNPACK INT8 kernel, each BN folds
@@ -109,7 +110,11 @@ class CNN(nn.Module):
         return self.pool(self.stages(self.stem(x))).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.features(x)
+        return self.classify(self.features(x))
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """The logits of pooled ``features`` (what ``forward`` does after ``features``): an export that outputs
+        both computes the features once."""
         logits = self.head(self.dropout(features))
         if self.cosine_head is None:
             return logits

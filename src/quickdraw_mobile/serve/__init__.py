@@ -2,7 +2,8 @@
 
 The page's in-browser mode needs an INT8 ONNX copy of the served model. ``serve`` takes one given with
 ``--browser-model``, or exports it once with ``qdm export``'s own code into a cache folder keyed by the
-model's weights (calibrated on the run's bundled ``calibration.npz``, or on ``--data``).
+model's weights (calibrated on the run's bundled ``calibration.npz``, or on ``--data``), with the pooled features
+as a second output (when the model has them) for the classes the page is taught in the browser.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ __all__ = ["browser_model_for", "create_app", "default_cache_dir", "serve"]
 AUTO = "auto"
 NONE = "none"
 BROWSER_MODEL_FILE = "model.int8.onnx"
+# Part of the cache path: bumped whenever the browser model's outputs change, so an older cached file is not
+# reused (2: logits and features).
+BROWSER_MODEL_FORMAT = 2
 
 
 def default_cache_dir() -> Path:
@@ -37,11 +41,12 @@ def browser_model_for(model: str | Path, choice: str = AUTO, data_dir: str | Pat
     if choice != AUTO:
         return Path(choice)
     weights = resolve_run(model).weights_path
-    out = Path(cache_dir or default_cache_dir()) / sha256_file(weights)[:16] / BROWSER_MODEL_FILE
+    folder = Path(cache_dir or default_cache_dir()) / sha256_file(weights)[:16] / f"browser-v{BROWSER_MODEL_FORMAT}"
+    out = folder / BROWSER_MODEL_FILE
     if not out.is_file():
         print(f"exporting the browser model (INT8 ONNX) to {out} ...", file=sys.stderr, flush=True)
         try:
-            export_model(model, "onnx", "int8", out, data_dir=data_dir)
+            export_model(model, "onnx", "int8", out, data_dir=data_dir, features=True)
         except QDMError as exc:
             print(f"note: no in-browser mode: {exc}", file=sys.stderr)
             return None
