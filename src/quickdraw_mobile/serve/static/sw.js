@@ -8,6 +8,7 @@ const ASSETS = [
   "/",
   "/static/app.mjs",
   "/static/render.mjs",
+  "/static/teach.mjs",
   "/static/style.css",
   "/model",
   "/classes",
