@@ -23,7 +23,7 @@ LAYERS = [
     ("artifacts", ["export"]),  # lowering, files, runtimes, verification
     ("measurement", ["bench.latency", "bench.memory", "bench.native"]),
     ("quantization", ["quant"]),
-    ("verbs", ["export.pipeline", "bench", "predict", "extend"]),
+    ("verbs", ["export.pipeline", "bench", "predict", "extend", "teach"]),
     ("report", ["report"]),
     ("serving", ["serve"]),
     ("pipeline", ["pipeline"]),

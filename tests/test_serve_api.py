@@ -147,7 +147,7 @@ def test_png_of_a_drawing_gives_nearly_its_stroke_bitmap(client, real):
 # ------------------------------------------------------------------------------------------- endpoints
 def test_info_endpoints(client, served_model):
     assert client.get("/health").json() == {"status": "ok"}
-    assert client.get("/classes").json() == {"classes": served_model.labels}
+    assert client.get("/classes").json()["classes"] == served_model.labels
     info = client.get("/model").json()
     assert info["classes"] == len(served_model.labels) and info["params"] > 0
     assert info["macs"] > info["params"] and "source" not in info  # facts of modelref.describe_model, no paths

@@ -135,14 +135,31 @@ def views_of(pixels: np.ndarray, views: int, aug: AugmentConfig, seed: int) -> t
 
 
 @torch.inference_mode()
+def forward_with_features(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pooled features and the logits of ``x`` from one forward pass (eval mode): the features are what the
+    linear ``head`` reads (dropout is the identity in eval mode), caught on their way in; a model without a
+    ``head`` runs ``features`` separately."""
+    model.eval()
+    head = getattr(model, "head", None)
+    if not isinstance(head, torch.nn.Linear):
+        return model.features(x), model(x)
+    caught = []
+    handle = head.register_forward_pre_hook(lambda _module, args: caught.append(args[0]))
+    try:
+        logits = model(x)
+    finally:
+        handle.remove()
+    return caught[0], logits
+
+
+@torch.inference_mode()
 def features_and_logits(model: torch.nn.Module, x: torch.Tensor, batch: int = 1024) -> tuple[torch.Tensor, ...]:
     """The pooled features and the logits of ``x``, in eval mode, on the CPU."""
-    model.eval()
     feats, logits = [], []
     for start in range(0, len(x), batch):
-        chunk = x[start: start + batch]
-        feats.append(model.features(chunk))
-        logits.append(model(chunk))
+        chunk_feats, chunk_logits = forward_with_features(model, x[start: start + batch])
+        feats.append(chunk_feats)
+        logits.append(chunk_logits)
     return torch.cat(feats), torch.cat(logits)
 
 

@@ -8,7 +8,8 @@ import argparse
 def _cmd_serve(args: argparse.Namespace) -> int:
     from ..serve import serve
 
-    serve(args.model, host=args.host, port=args.port, browser_model=args.browser_model, data_dir=args.data)
+    serve(args.model, host=args.host, port=args.port, browser_model=args.browser_model, data_dir=args.data,
+          teach=args.teach, teach_token=args.teach_token, teach_dir=args.teach_dir)
     return 0
 
 
@@ -25,4 +26,10 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
                    "(default: export the model to INT8 ONNX once, cached in ~/.cache/quickdraw-mobile) or 'none'")
     p.add_argument("--data", default=None, help="store the model was trained on: calibration drawings for the "
                    "'auto' export of a run folder without calibration.npz")
+    p.add_argument("--teach", action="store_true", help="let clients teach new classes from a few drawings "
+                   "(POST /classes, DELETE /classes/NAME); off by default")
+    p.add_argument("--teach-token", default=None, metavar="TOKEN", help="bearer token teaching requests must carry "
+                   "(default: $QDM_TEACH_TOKEN); required with --teach on any host but loopback")
+    p.add_argument("--teach-dir", default=None, metavar="DIR", help="folder of the taught classes (default: "
+                   "~/.cache/quickdraw-mobile/taught/<weights hash>)")
     p.set_defaults(func=_cmd_serve)
