@@ -14,6 +14,7 @@ import shutil
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -51,26 +52,33 @@ def browser_model(served_model, tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def server(served_model, browser_model):
-    """The app served by uvicorn on a free loopback port, in a thread of this process."""
+@contextmanager
+def serving(app):
+    """``app`` served by uvicorn on a free loopback port, in a thread of this process: its URL."""
     import uvicorn
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    config = uvicorn.Config(create_app(served_model, browser_model=browser_model), host="127.0.0.1", port=port,
-                            log_level="warning")
-    uvicorn_server = uvicorn.Server(config)
+    uvicorn_server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=uvicorn_server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not uvicorn_server.started:
         assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    uvicorn_server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        uvicorn_server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(served_model, browser_model):
+    """The app (teaching off) served by uvicorn on a free loopback port, in a thread of this process."""
+    with serving(create_app(served_model, browser_model=browser_model)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

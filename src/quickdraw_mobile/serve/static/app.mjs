@@ -236,7 +236,7 @@ async function classifyHere(drawing) {
   // The model's own classes (the server's taught ones are not in the browser model), then this browser's.
   const names = labels.slice(0, logits.length);
   let all = Array.from(logits);
-  if (features && taughtHere.length) {
+  if (features && taughtHere.length && info.teach?.feature_mean) {
     all = all.concat(taughtLogits(features, info.teach, taughtHere));
     names.push(...taughtHere.map((c) => c.name));
   }
@@ -313,13 +313,19 @@ async function callServer(method, path, body) {
   return answer;
 }
 
+/** Can this browser learn classes: a browser model with a features output, and the model's teach parameters? */
+function canLearnHere() {
+  return Boolean(info.browser_model?.features && info.teach.feature_mean);
+}
+
 /** Why teaching in ``mode`` cannot start, or "" when it can; the offer of browser mode goes with it. */
 function teachBlocker(mode) {
-  const canInBrowser = Boolean(info.browser_model?.features);
+  const canInBrowser = canLearnHere();
   teachInBrowser.hidden = true;
   let problem = "";
-  if (mode === "browser" && !canInBrowser) problem = "this browser model has no features output: it cannot learn";
-  else if (mode === "server" && !info.teach.enabled) {
+  if (mode === "browser" && !canInBrowser) {
+    problem = `this browser cannot learn: ${info.teach.unavailable || "the browser model has no features output"}`;
+  } else if (mode === "server" && !info.teach.enabled) {
     problem = "the server does not learn new classes (it was not started with qdm serve --teach)";
   } else if (mode === "server" && info.teach.token_required && !token) {
     problem = "the server needs a token to learn (open the page with ?token=…)";
@@ -348,6 +354,7 @@ function startTeaching() {
   teachSteps.hidden = false;
   clear();
   showStep();
+  pad.parentElement.scrollIntoView({ block: "nearest" }); // on a phone the form sits below the canvas
 }
 
 function showStep() {
@@ -474,7 +481,7 @@ function takeToken() {
 function startTeach() {
   token = takeToken();
   if (!info.teach) return; // a server older than teaching
-  if (info.browser_model?.features) {
+  if (canLearnHere()) {
     const width = info.teach.feature_mean.length;
     taughtHere = loadTaught(info.browser_model.sha256).filter((c) => c.prototype.length === width);
   }
