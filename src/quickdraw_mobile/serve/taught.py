@@ -67,8 +67,8 @@ def render_drawings(drawings: list, fmt: str, where: str = "drawings") -> np.nda
     for number, drawing in enumerate(drawings):
         try:
             pixels.append(bitmap_from_drawing(drawing, fmt))
-        except QDMError as exc:
-            raise QDMError(f"{where}[{number}]: {exc}") from exc
+        except QDMError as exc:  # "drawing: stroke 2 ...": which drawing it is
+            raise QDMError(f"{where}[{number}]: {str(exc).removeprefix('drawing: ')}") from exc
     return np.stack(pixels)
 
 
