@@ -22,9 +22,9 @@ Three methods, each writing an ordinary run folder (``create_model(config.model,
 Replay drawings (the old classes' training drawings) come from the run's bundled ``calibration.npz`` (``default``
 has one) or, with ``replay``, from the training split of the store the model was trained on.
 
-With ``old_kept`` (``--old-kept``), any method's new classes are then calibrated as a group on those replay
-drawings (``calibrate``): one offset on all new logits, the largest that leaves at least that fraction of the
-replay drawings on an old class, so that many new classes fitted on a few drawings each do not swallow the old.
+With ``old_kept`` (``--old-kept``), any method's new classes are then calibrated as a group on augmented copies
+of those replay drawings (``calibrate``): one offset on all new logits, the largest that leaves at least that
+fraction of them on an old class, so that many new classes fitted on a few drawings each do not swallow the old.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ REPLAY_SIZE = CALIBRATION_SIZE  # old-class drawings the fits see: a run's whole
 VIEWS = 8  # augmented copies of each shot (the run's training augmentation) besides the shot itself
 FIT_STEPS = 300  # full-batch Adam steps of the prototype scale/offset and of the probe
 FINETUNE_STEPS = 200
+CALIBRATION_VIEWS = 2  # augmented copies of each replay drawing the new group's offset is calibrated on
 
 
 @dataclass
@@ -359,21 +360,31 @@ def shift_new_logits(model: torch.nn.Module, new: int, offset: float) -> None:
     head.bias[-new:] += offset
 
 
-def old_group_kept(model: torch.nn.Module, replay: Drawings, new: int) -> float:
-    """The fraction of the replay drawings whose top logit is an old class's."""
-    _, logits = features_and_logits(model, normalize(replay.pixels))
-    return float((logits.argmax(1) < logits.shape[1] - new).float().mean())
+def calibration_views(replay: Drawings, aug: AugmentConfig, seed: int) -> torch.Tensor:
+    """``CALIBRATION_VIEWS`` augmented copies of each replay drawing (not the drawings themselves): the model has
+    trained on the drawings, and is surer of them than of drawings it never saw; fresh augmented copies of them
+    come closer to the latter (on ``default``'s validation split: 0.6 points of the 52 classes' top-1 lost at
+    ``old_kept`` 0.99, against 2.0 calibrated on the drawings themselves)."""
+    return views_of(replay.pixels, CALIBRATION_VIEWS, aug, seed)[len(replay.pixels):]
 
 
-def calibrate(model: torch.nn.Module, replay: Drawings, new: int, old_kept: float) -> dict:
-    """Shift the new classes' logits by ``calibrate_groups`` on the replay drawings; what was done, for the run's
-    summary."""
-    _, logits = features_and_logits(model, normalize(replay.pixels))
+def calibrate(model: torch.nn.Module, replay: Drawings, new: int, old_kept: float, aug: AugmentConfig,
+              seed: int) -> dict:
+    """Shift the new classes' logits by ``calibrate_groups`` on ``calibration_views`` of the replay drawings;
+    what was done, for the run's summary."""
+    x = calibration_views(replay, aug, seed)
+    _, logits = features_and_logits(model, x)
     offset = calibrate_groups(logits, new, old_kept)
-    before = float((logits.argmax(1) < logits.shape[1] - new).float().mean())
+    before = old_group_share(logits, new)
     shift_new_logits(model, new, offset)
-    return {"old_kept": old_kept, "group_offset": offset, "replay_old_kept_before": before,
-            "replay_old_kept_after": old_group_kept(model, replay, new)}
+    _, logits = features_and_logits(model, x)
+    return {"old_kept": old_kept, "group_offset": offset, "calibration_views": CALIBRATION_VIEWS,
+            "replay_old_kept_before": before, "replay_old_kept_after": old_group_share(logits, new)}
+
+
+def old_group_share(logits: torch.Tensor, new: int) -> float:
+    """The fraction of rows whose top logit is an old class's (counted exactly, not as a float32 mean)."""
+    return int((logits.argmax(1) < logits.shape[1] - new).sum()) / len(logits)
 
 
 def group_metrics(logits: np.ndarray, labels: np.ndarray, old: int) -> dict[str, dict]:
@@ -458,7 +469,7 @@ def extend_with(model_ref: str | Path, ext: Extension, out: str | Path, method: 
     torch.manual_seed(seed)
     model, kwargs, info = EXTENDERS[method](loaded, ext, replayed, views, seed, steps)
     if old_kept is not None:
-        info = {**info, **calibrate(model, replayed, len(ext.classes), old_kept)}
+        info = {**info, **calibrate(model, replayed, len(ext.classes), old_kept, augmentation(loaded), seed + 2)}
     summary = {"from": bundled_name(model_ref) or str(Path(model_ref).resolve()), "method": method,
                "shots": None, "seed": seed, "views": views, "old_classes": len(loaded.labels),
                "new_classes": ext.classes, "data": ext.source, "replay": replayed.source, **ext.info, **info}
