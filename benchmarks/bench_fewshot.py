@@ -28,7 +28,7 @@ import torch
 
 from quickdraw_mobile.data.classes import all_classes
 from quickdraw_mobile.data.loader import normalize
-from quickdraw_mobile.data.render import render_many
+from quickdraw_mobile.data.strokefiles import distinct_strokes, hold_out
 from quickdraw_mobile.export.calibration import calibration_set, verification_set
 from quickdraw_mobile.extend import (
     REPLAY_SIZE,
@@ -50,20 +50,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "quickdraw"
 
 def novel_drawings(root: Path, known: list[str]) -> dict[str, np.ndarray]:
     """Every distinct drawing of each class ``known`` lacks, from simplified/ then raw/ (deduplicated by key_id)."""
-    out = {}
-    for name in (c for c in all_classes() if c not in known):
-        seen, drawings = set(), {"simplified": [], "raw": []}
-        for fmt in ("simplified", "raw"):
-            path = root / fmt / f"{name}.ndjson"
-            if not path.exists():
-                continue
-            for line in path.read_text(encoding="utf-8").splitlines():
-                row = json.loads(line)
-                if row["key_id"] not in seen:
-                    seen.add(row["key_id"])
-                    drawings[fmt].append(row["drawing"])
-        out[name] = np.concatenate([render_many(d, fmt) for fmt, d in drawings.items() if d])
-    return out
+    return {name: distinct_strokes(root, name).render() for name in all_classes() if name not in known}
 
 
 @torch.inference_mode()
@@ -111,8 +98,7 @@ class Bench:
         self.pixels = drawings
         self.held, self.pool = {}, {}
         for c, name in enumerate(self.classes):
-            order = np.random.default_rng([0, c]).permutation(len(drawings[name]))
-            self.held[name], self.pool[name] = np.sort(order[:held_out]), order[held_out:]
+            self.held[name], self.pool[name] = hold_out(len(drawings[name]), c, held_out, seed=0)
         self.feats = {name: view_features(self.model, px, views, aug, 2 * c) for c, (name, px) in
                       enumerate(drawings.items())}
         self.fresh = {name: view_features(self.model, px, fresh_views(views), aug, 2 * c + 1) for c, (name, px) in

@@ -12,6 +12,8 @@ from conftest import TINY_CLASSES, make_store
 from quickdraw_mobile.cli import main
 from quickdraw_mobile.data.loader import normalize
 from quickdraw_mobile.data.render import render_many
+from quickdraw_mobile.data.store import Store
+from quickdraw_mobile.extend import calibrate_groups
 from quickdraw_mobile.modelref import load_model
 from quickdraw_mobile.models import create_model
 
@@ -124,6 +126,7 @@ def test_an_extended_tiny_run_evaluates_on_a_store_of_old_and_new(tiny_run, tiny
     (["--method", "knn"], "--method: expected one of prototype, probe, finetune"),
     (["--shots", "50"], "--shots 50: class 'fish' has only 20 drawings"),
     (["--classes", "apple"], "--classes: the model already knows apple"),
+    (["--old-kept", "1.5"], "--old-kept: expected a fraction in (0, 1], got 1.5"),
 ])
 def test_bad_input_is_a_one_line_error(tiny_run, tiny_store, new_store, tmp_path, capsys, args, says):
     """An unknown method, more shots than drawings, a class the model knows: one line, exit 2, no folder."""
@@ -132,3 +135,36 @@ def test_bad_input_is_a_one_line_error(tiny_run, tiny_store, new_store, tmp_path
     err = capsys.readouterr().err
     assert code == 2 and says in err and err.count("\n") == 1
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("kept", [1.0, 0.99, 0.9, 0.5])
+def test_calibrate_groups_gives_the_largest_offset_that_keeps_the_fraction_on_old_classes(kept):
+    logits = torch.randn(1000, 7, generator=torch.Generator().manual_seed(0))  # 4 old classes, 3 new
+    offset = calibrate_groups(logits, 3, kept)
+    shifted = logits.clone()
+    shifted[:, 4:] += offset
+    assert (shifted.argmax(1) < 4).float().mean() >= kept
+    shifted[:, 4:] += 1e-4  # a hair more, and one drawing too many moves to a new class
+    assert (shifted.argmax(1) < 4).float().mean() < kept
+
+
+def test_calibrate_groups_pulls_down_new_classes_that_would_swallow_the_old():
+    logits = torch.randn(500, 6, generator=torch.Generator().manual_seed(1))
+    logits[:, 3:] += 5.0  # new classes far too loud: nearly every old drawing goes to one
+    assert calibrate_groups(logits, 3, 0.99) < -3.0
+
+
+def test_old_kept_shifts_only_the_new_logits_by_the_calibrated_offset(tiny_run, tiny_store, new_store, tmp_path):
+    runs = {}
+    for name, extra in (("plain", []), ("calibrated", ["--old-kept", "0.9"])):
+        runs[name] = tmp_path / name
+        assert main(["extend", "--model", str(tiny_run), "--data", str(new_store), "--out", str(runs[name]),
+                     "--method", "probe", "--shots", str(SHOTS), "--replay", str(tiny_store), "--views", "1",
+                     *extra]) == 0
+    summary = json.loads((runs["calibrated"] / "train_summary.json").read_text())["extended"]
+    assert summary["old_kept"] == 0.9 and summary["replay_old_kept_after"] >= 0.9
+    x = normalize(np.concatenate([np.array(Store.open(new_store).array(n)[:5]) for n in NEW]))
+    with torch.no_grad():
+        plain, calibrated = load_model(runs["plain"]).model(x), load_model(runs["calibrated"]).model(x)
+    torch.testing.assert_close(calibrated[:, :-2], plain[:, :-2], rtol=0, atol=1e-5)
+    torch.testing.assert_close(calibrated[:, -2:], plain[:, -2:] + summary["group_offset"], rtol=0, atol=1e-4)

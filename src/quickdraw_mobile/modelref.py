@@ -1,4 +1,5 @@
-"""One resolver for "which model": a run folder, or ``default`` (the model bundled with the package).
+"""One resolver for "which model": a run folder, or the name of a model bundled with the package (``BUNDLED``:
+``default``, the 52-class model, and ``default345``, it extended to all 345 classes).
 
 Exported files (.pte, .onnx) are not run folders: ``is_artifact`` tells them apart, and
 ``quickdraw_mobile.export.load_artifact`` runs them.
@@ -21,6 +22,7 @@ from .runfolder import RunFolder
 from .train.config import TrainConfig, load_config
 
 DEFAULT = "default"
+BUNDLED = (DEFAULT, "default345")  # the models shipped in pretrained/<name>/, loaded by name
 
 
 @dataclass
@@ -31,27 +33,39 @@ class LoadedModel:
     run: RunFolder
 
 
+def bundled_name(ref: str | Path) -> str | None:
+    """The bundled model ``ref`` names, or None for a path."""
+    return str(ref) if str(ref) in BUNDLED else None
+
+
+def bundled_model_dir(name: str = DEFAULT) -> Path:
+    return Path(str(resources.files("quickdraw_mobile").joinpath("pretrained", name)))
+
+
 def default_model_dir() -> Path:
-    return Path(str(resources.files("quickdraw_mobile").joinpath("pretrained", "default")))
+    return bundled_model_dir(DEFAULT)
 
 
 def resolve_run(ref: str | Path) -> RunFolder:
-    """The run folder ``ref`` names (``default``: the bundled model's), checked to hold a complete run."""
-    if str(ref) == DEFAULT:
-        run = RunFolder(default_model_dir())
+    """The run folder ``ref`` names (a bundled name: the bundled model's), checked to hold a complete run."""
+    name = bundled_name(ref)
+    if name is not None:
+        run = RunFolder(bundled_model_dir(name))
         if not run.weights_path.exists():
-            raise QDMError(f"{run.root}: the bundled default model is missing from this install")
+            raise QDMError(f"{run.root}: the bundled model {name!r} is missing from this install")
         return run
     path = Path(ref)
     if is_artifact(path):
-        raise QDMError(f"{path}: an exported artifact; this command needs a run folder or 'default'")
+        raise QDMError(f"{path}: an exported artifact; this command needs a run folder or a bundled model "
+                       f"({', '.join(BUNDLED)})")
     if not path.is_dir():
-        raise QDMError(f"{path}: no such run folder (expected a folder made by 'qdm train', or 'default')")
+        raise QDMError(f"{path}: no such run folder (expected a folder made by 'qdm train', or a bundled model: "
+                       f"{', '.join(BUNDLED)})")
     return RunFolder(path).check()
 
 
 def load_model(ref: str | Path, device: str = "cpu") -> LoadedModel:
-    """Build the model of a run folder (or ``default``) and load its best weights (read onto the CPU, wherever
+    """Build the model of a run folder (or a bundled model) and load its best weights (read onto the CPU, wherever
     they were trained), in eval mode, on ``device`` (``device.resolve_device``: auto, cpu, cuda, cuda:N, mps)."""
     run = resolve_run(ref)
     config = load_config(run.config_path)
@@ -69,8 +83,10 @@ def load_model(ref: str | Path, device: str = "cpu") -> LoadedModel:
 
 def describe_model(loaded: LoadedModel) -> dict:
     """What artifact metadata, reports and ``GET /model`` say about a loaded model: its architecture and options,
-    where it came from (``default`` or the run folder's absolute path), parameters and MACs of one drawing."""
-    source = DEFAULT if loaded.run.root == default_model_dir() else str(loaded.run.root.resolve())
+    where it came from (a bundled model's name or the run folder's absolute path), parameters and MACs of one
+    drawing."""
+    bundled = [name for name in BUNDLED if loaded.run.root == bundled_model_dir(name)]
+    source = bundled[0] if bundled else str(loaded.run.root.resolve())
     counted = describe(loaded.model)
     return {"name": loaded.config.model, "options": loaded.config.model_kwargs, "source": source,
             "params": counted["params"], "macs": counted["macs"]}

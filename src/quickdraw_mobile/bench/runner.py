@@ -36,7 +36,7 @@ from ..artifact_names import export_file_name, runtime_named
 from ..errors import QDMError
 from ..export.selfcheck import check_finite
 from ..inference import model_device
-from ..modelref import DEFAULT, is_artifact, load_model
+from ..modelref import bundled_name, is_artifact, load_model
 from ..models.profile import count_macs
 from ..options import CALIBRATION_SIZE
 from .latency import RunFn, latency, peak_gmacs, throughput
@@ -91,7 +91,7 @@ def export_subjects(model_ref: str, out: Path, data_dir: str | Path | None, cali
     """Export (and verify) ``model_ref`` to FP32 and INT8 .pte and .onnx under ``out``; their paths."""
     from ..export.pipeline import export_model
 
-    stem = "default" if str(model_ref) == DEFAULT else Path(model_ref).resolve().name
+    stem = bundled_name(model_ref) or Path(model_ref).resolve().name
     paths = []
     for fmt, quant in tqdm(EXPORTS, desc="export", unit="artifact"):
         path = out / export_file_name(stem, fmt, quant)

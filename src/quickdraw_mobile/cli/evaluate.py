@@ -22,7 +22,7 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("evaluate", help="metrics and plots on the held-out test split",
                          description="Evaluate a model on a store's test split (never used for model selection): "
                          "top-1, top-5, MAP@3, per-class precision/recall/F1, confusion; metrics.json and plots.")
-    p.add_argument("--model", required=True, help="run folder or 'default'")
+    p.add_argument("--model", required=True, help="run folder or a bundled model (default, default345)")
     p.add_argument("--data", required=True, help="store folder, or 'embedded'")
     p.add_argument("--split", default="test", help="test (default), val or train")
     p.add_argument("--out", required=True, help="output folder for metrics.json and plots")

@@ -50,7 +50,7 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
         "FILE.metadata.json (the exact input contract, classes, how it was made and verified) and "
         "FILE.labels.txt.",
     )
-    p.add_argument("--model", required=True, help="run folder or 'default'")
+    p.add_argument("--model", required=True, help="run folder or a bundled model (default, default345)")
     p.add_argument("--format", required=True, help=either([f"{r.format} ({r.display})" for r in RUNTIMES]))
     p.add_argument("--quant", default="none", help=_quant_help())
     p.add_argument("--out", required=True, help=f"output file ({either([r.suffix for r in RUNTIMES])})")

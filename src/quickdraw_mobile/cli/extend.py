@@ -10,7 +10,8 @@ def _cmd_extend(args: argparse.Namespace) -> int:
 
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
     summary = extend(args.model, args.data, args.out, method=args.method, shots=args.shots, seed=args.seed,
-                     classes=classes, replay=args.replay, views=args.views, steps=args.steps)
+                     classes=classes, replay=args.replay, views=args.views, steps=args.steps,
+                     old_kept=args.old_kept)
     new = summary["new_classes"]
     print(f"{args.out}: {summary['old_classes']} + {len(new)} classes ({', '.join(new[:8])}"
           f"{', ...' if len(new) > 8 else ''}) by {summary['method']} from {summary['shots']} drawings each")
@@ -22,7 +23,7 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
                          description="Teach a trained model new classes from K drawings each, keeping the classes "
                          "it knows; the result is an ordinary run folder (evaluate, predict, quantize, export). "
                          "Classes the model knows are skipped (an error when named with --classes).")
-    p.add_argument("--model", required=True, help="run folder or 'default'")
+    p.add_argument("--model", required=True, help="run folder or a bundled model (default, default345)")
     p.add_argument("--data", required=True, help="the new classes' drawings: a store, or a folder of .ndjson "
                    "(or .npy/.bin) files named by class, such as the shared simplified/ or raw/ folders")
     p.add_argument("--out", required=True, help="the new run folder")
@@ -38,4 +39,7 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--views", type=int, default=8, help="augmented copies of each shot, with the run's training "
                    "augmentation (default: 8)")
     p.add_argument("--steps", type=int, default=200, help="optimizer steps of --method finetune (default: 200)")
+    p.add_argument("--old-kept", type=float, help="calibrate the new classes as a group: one offset on their logits, "
+                   "the largest that leaves at least this fraction of the old classes' replay drawings on an old "
+                   "class (e.g. 0.99; default: no offset)")
     p.set_defaults(func=_cmd_extend)

@@ -22,7 +22,7 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
                          "one per non-blank line of an .ndjson (blank lines hold no drawing and are skipped, as "
                          "NDJSON allows and as 'qdm data render' does: output line N is the N-th non-blank input "
                          "line). A model whose answers are NaN or infinite is an error.")
-    p.add_argument("--model", required=True, help="run folder, 'default', or an exported .pte / .onnx")
+    p.add_argument("--model", required=True, help="run folder, a bundled model (default, default345), or an exported .pte / .onnx")
     p.add_argument("--input", required=True, help="(N, 784) or (N, 28, 28) uint8 .npy, or .ndjson of drawings")
     p.add_argument("--out", required=True, help="output .jsonl")
     p.add_argument("--top-k", type=int, default=5, help="classes per drawing (default 5)")

@@ -34,7 +34,7 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
         "accuracy_vs_size.png, "
         "accuracy_vs_latency.png and artifacts/.",
     )
-    p.add_argument("--model", required=True, help="run folder or 'default'")
+    p.add_argument("--model", required=True, help="run folder or a bundled model (default, default345)")
     p.add_argument("--methods", default="all", help="'all' (default) or a comma-separated list of methods")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--data", default=None, help="the store the model was trained on: calibration and fine-tuning "

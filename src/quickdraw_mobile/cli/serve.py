@@ -17,9 +17,11 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("serve", help="prediction API and drawing page (FastAPI + uvicorn)",
                          description="Serve POST /predict (strokes or a PNG -> top classes), GET /classes, /health, "
                          "/model, OpenAPI docs at /docs, and a drawing page at / for phone and desktop browsers that "
-                         "guesses while you draw, on the server or in the browser (INT8 ONNX, WASM). With --teach, clients may also "
-                         "teach it new classes from a few drawings each (POST /classes), kept across restarts.")
-    p.add_argument("--model", default="default", help="run folder or 'default' (default: the bundled model)")
+                         "guesses while you draw, on the server or in the browser (INT8 ONNX, WASM). With --teach, "
+                         "clients may also teach it new classes from a few drawings each (POST /classes), kept across "
+                         "restarts.")
+    p.add_argument("--model", default="default", help="run folder or a bundled model: default, default345 "
+                   "(default: default)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--browser-model", default="auto", metavar="ONNX|auto|none",
