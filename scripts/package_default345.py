@@ -70,6 +70,8 @@ from quickdraw_mobile.modelref import bundled_model_dir, load_model
 
 NAME = "default345"
 DEST = Path(__file__).resolve().parents[1] / "src" / "quickdraw_mobile" / "pretrained" / NAME
+# what the bundle says it was built from (not this machine's path to it)
+SOURCE_NAME = "Quick, Draw! stroke files: quickdraw/simplified/ + raw/ of the shared data"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "quickdraw"
 HELD_OUT = 6  # drawings a new class keeps out of the build, for measuring it
 SPLIT_SEED = 0  # the held-out drawings' seed (bench_fewshot's queries)
@@ -176,7 +178,7 @@ def main() -> None:
     replay = calibration_set("default", n=REPLAY_SIZE)
     choice = choose_method(loaded, split, replay)
     print(f"method: {choice['chosen']} ({time.time() - start:.0f} s)", file=sys.stderr)
-    ext = Extension(list(split), [e["shots"] for e in split.values()], f"{args.data} simplified/ + raw/", info={
+    ext = Extension(list(split), [e["shots"] for e in split.values()], SOURCE_NAME, info={
         "shots": None, "shots_per_class": {n: len(e["shots"]) for n, e in split.items()},
         "held_out": f"{HELD_OUT} a class, seed {SPLIT_SEED}, never used ({KEY_IDS_FILE})", "method_choice": choice})
     with tempfile.TemporaryDirectory(prefix="qdm-default345-") as tmp:
