@@ -46,6 +46,19 @@ def test_it_loads_by_name_with_default_s_classes_first_then_the_other_293_in_off
     assert summary["from"] == "default" and summary["new_classes"] == new and summary["old_kept"] == 0.99
 
 
+def test_its_classes_say_where_they_came_from(models, key_ids):
+    """What GET /classes shows: the 52 trained, the 293 extended with the number of drawings each was built from."""
+    from quickdraw_mobile.teach import model_class_origins
+
+    default, extended = models
+    origins = model_class_origins(extended)
+    assert [o["name"] for o in origins] == extended.labels
+    assert all(o["origin"] == "trained" and o["drawings"] is None for o in origins[:52])
+    shots = json.loads(extended.run.summary_path.read_text())["extended"]["shots_per_class"]
+    assert all(o["origin"] == "extended" and o["drawings"] == shots[o["name"]] > 0 for o in origins[52:])
+    assert {o["origin"] for o in model_class_origins(default)} == {"trained"}
+
+
 def test_the_old_head_is_untouched(models, sample):
     """The first 52 logits are default's own, drawing for drawing."""
     default, extended = models

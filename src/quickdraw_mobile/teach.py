@@ -147,8 +147,9 @@ def model_class_origins(loaded: LoadedModel) -> list[dict]:
         extended = _read_summary(summary_path).get("extended")
         if not isinstance(extended, dict):
             break
+        per_class = extended.get("shots_per_class") or {}  # a build with a different count per class
         for name in extended.get("new_classes", []):
-            shots.setdefault(name, extended.get("shots"))
+            shots.setdefault(name, per_class.get(name, extended.get("shots")))
         source = extended.get("from")
         root = default_model_dir() if source == DEFAULT else Path(str(source))
         summary_path = RunFolder(root).summary_path
