@@ -310,7 +310,7 @@ def test_failed_verification_writes_nothing(tiny_run, tiny_store, tmp_path, monk
     torch.manual_seed(1)
     other = create_model("cnn_small", 3, width=8).eval()  # untrained: its answers differ from the run's
     real = onnx_export.to_onnx
-    monkeypatch.setattr(onnx_export, "to_onnx", lambda model, quant, calib=None: real(other, quant, calib))
+    monkeypatch.setattr(onnx_export, "to_onnx", lambda model, quant, calib=None, features=False: real(other, quant, calib, features))
     with pytest.raises(QDMError, match=r"the FP32 export disagrees with the eager model on \d+ of 90"):
         export_model(tiny_run, "onnx", "none", out, data_dir=tiny_store)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

@@ -183,7 +183,7 @@ def test_non_finite_logits_fail_the_export_and_write_nothing(exports, tmp_path, 
     import quickdraw_mobile.export.onnx as onnx_export
 
     real, num_classes = onnx_export.to_onnx, load_artifact(exports["none"]).num_classes
-    monkeypatch.setattr(onnx_export, "to_onnx", lambda model, quant, calib=None: real(NaNHead(num_classes), quant))
+    monkeypatch.setattr(onnx_export, "to_onnx", lambda model, quant, calib=None, features=False: real(NaNHead(num_classes), quant))
     with pytest.raises(QDMError, match=r"m\.onnx: the exported model produces non-finite logits") as info:
         export_model("default", "onnx", "none", tmp_path / "m.onnx")
     assert "\n" not in str(info.value) and not any(tmp_path.iterdir())
