@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,11 @@ STAND_IN_EVERY = 4  # one class in four stands in for a taught class when the sc
 STAND_IN_SHOTS = 5  # drawings each stand-in class is taught from (within MIN..MAX_TEACH_DRAWINGS)
 STAND_IN_VIEWS = 2  # augmented copies of each stand-in drawing the scale is fitted on (fresh, as extend does)
 TEACH_SEED = 0
+
+
+# The fit is deterministic for a model's weights, which a served model never changes: several apps around one
+# loaded model (tests, a restart in-process) fit it once.
+_FITTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class TeachConflict(QDMError):
@@ -74,11 +80,14 @@ def teach_parameters(loaded: LoadedModel) -> TeachParameters:
         row = model.cosine_head.weight.detach()[0]
         return TeachParameters(model.feature_mean.detach().clone(), float(row.norm()),
                                float(model.cosine_head.bias.detach()[0]), "the model's cosine head")
+    if model in _FITTED:
+        return _FITTED[model]
     path = loaded.run.root / CALIBRATION_FILE
     if not path.is_file():
         raise QDMError(f"teaching: {loaded.run.root} has no {CALIBRATION_FILE} (its drawings fit the taught classes' "
                        "scale; 'qdm train' writes one)")
-    return fit_with_stand_ins(loaded, load_drawings(path, len(loaded.labels)))
+    _FITTED[model] = fit_with_stand_ins(loaded, load_drawings(path, len(loaded.labels)))
+    return _FITTED[model]
 
 
 def _stand_in_classes(labels: np.ndarray, classes: int) -> np.ndarray:
