@@ -176,6 +176,13 @@ def test_a_multiscale_run_exports_close_to_eager(extended, fmt, tmp_path):
     np.testing.assert_allclose(logits, eager_logits.numpy(), atol=1e-3, rtol=1e-3)
 
 
+def test_a_multiscale_run_is_one_int8_xnnpack_delegate(extended, tmp_path):
+    """The per-block sums of squares are average pools: nothing of the wide head is left to the portable kernels."""
+    meta = export_model(extended[MULTISCALE], "pte", "int8", tmp_path / "wide.int8.pte", calib=256)
+    assert meta["export"]["not_delegated_ops"] == {}
+    assert meta["verification"]["top1_agreement"] >= 0.95
+
+
 def test_a_multiscale_run_takes_more_classes_into_its_wide_head_only(tiny_run, tiny_store, new_store, tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
     common = ["--data", str(new_store), "--shots", str(SHOTS), "--views", "1", "--method", "probe"]

@@ -87,6 +87,14 @@ def unit_rows(x: torch.Tensor) -> torch.Tensor:
     return x * torch.rsqrt((x * x).sum(1, keepdim=True).clamp_min(1e-12))
 
 
+def unit_rows_pooled(x: torch.Tensor) -> torch.Tensor:
+    """``unit_rows`` with the sum of squares taken as C times a global average pool of them laid out as a
+    (B, 1, C, 1) map: XNNPACK delegates the pool (its INT8 kernels run it), not a sum over a 2-d tensor's rows."""
+    squares = (x * x).reshape(-1, 1, x.shape[1], 1)
+    mean = F.adaptive_avg_pool2d(squares, 1).flatten(1)
+    return x * torch.rsqrt((mean * x.shape[1]).clamp_min(1e-12))
+
+
 def global_max(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, C): one max pool over the whole map (a pooling op XNNPACK and ONNX both have)."""
     return F.max_pool2d(x, kernel_size=tuple(x.shape[-2:])).flatten(1)
@@ -96,7 +104,7 @@ def multiscale(early: torch.Tensor, late: torch.Tensor, pooled: torch.Tensor) ->
     """Stage 1's map pooled (average, max), the pooled features and stage 2's map max-pooled, each block unit
     length: the earlier layers keep detail that the last pooled vector, tuned to the trained classes, drops."""
     blocks = (F.adaptive_avg_pool2d(early, 1).flatten(1), global_max(early), pooled, global_max(late))
-    return torch.cat([unit_rows(block) for block in blocks], dim=1)
+    return torch.cat([unit_rows_pooled(block) for block in blocks], dim=1)
 
 
 class CNN(nn.Module):
