@@ -9,10 +9,12 @@ against the 52-way model before the extension. Mean and standard deviation over 
 
 Methods: ``prototype-plain`` (the issue's probe: means of the L2-normalised features, no centring, no
 augmentation, no fitted scale; 293-way scores only), and ``prototype`` / ``probe`` / ``finetune`` exactly as
-``qdm extend`` runs them (``quickdraw_mobile.extend``). Features of every drawing and of its augmented views are
+``qdm extend`` runs them (``quickdraw_mobile.extend``), and ``probe-ms``: the probe on the multi-scale features
+(``qdm extend --method probe --features multiscale``). Features of every drawing and of its augmented views are
 computed once and shared by the episodes; the fine-tune runs the model itself (``--finetune-episodes`` of them).
 
     PYTHONPATH=src python benchmarks/bench_fewshot.py --out runs/fewshot
+    PYTHONPATH=src python benchmarks/bench_fewshot.py --methods probe,probe-ms --shots 20 --episodes 2 --out ...
 """
 
 from __future__ import annotations
@@ -39,12 +41,14 @@ from quickdraw_mobile.extend import (
     fit_probe,
     fit_prototype,
     fresh_views,
+    multiscale_scale,
     unit,
     views_of,
 )
 from quickdraw_mobile.fileio import write_json_atomic, write_text_atomic
 from quickdraw_mobile.modelref import load_model
 
+METHODS = ("prototype-plain", "prototype", "probe", "probe-ms", "finetune")
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "quickdraw"
 
 
@@ -54,15 +58,19 @@ def novel_drawings(root: Path, known: list[str]) -> dict[str, np.ndarray]:
 
 
 @torch.inference_mode()
-def features(model: torch.nn.Module, x: torch.Tensor, batch: int = 2048) -> torch.Tensor:
+def features(model: torch.nn.Module, x: torch.Tensor, batch: int = 2048, multiscale: bool = False) -> torch.Tensor:
+    """The pooled features of ``x``, followed (``multiscale``) by its multi-scale ones (unit blocks, not rescaled)
+    from the same pass."""
     model.eval()
-    return torch.cat([model.features(x[i: i + batch]) for i in range(0, len(x), batch)])
+    if not multiscale:
+        return torch.cat([model.features(x[i: i + batch]) for i in range(0, len(x), batch)])
+    return torch.cat([torch.cat(model.outputs(x[i: i + batch])[1:], 1) for i in range(0, len(x), batch)])
 
 
-def view_features(model, pixels: np.ndarray, views: int, aug, seed: int) -> torch.Tensor:
+def view_features(model, pixels: np.ndarray, views: int, aug, seed: int, multiscale: bool = False) -> torch.Tensor:
     """(N, 1 + views, d): each drawing's features and its augmented views' (``extend.views_of``'s order)."""
     x = views_of(pixels, views, aug, seed)
-    return features(model, x).reshape(1 + views, len(pixels), -1).transpose(0, 1)
+    return features(model, x, multiscale=multiscale).reshape(1 + views, len(pixels), -1).transpose(0, 1)
 
 
 def fit_data(model, feats: torch.Tensor, labels: np.ndarray, replay_feats, replay_labels) -> FitData:
@@ -92,25 +100,35 @@ class Bench:
     """The cached features of the novel drawings (two sets of augmented views), the queries, the replay and the
     old classes' sample, and one episode of each method on them."""
 
-    def __init__(self, loaded, drawings: dict[str, np.ndarray], views: int, held_out: int):
+    def __init__(self, loaded, drawings: dict[str, np.ndarray], views: int, held_out: int, multiscale: bool = False):
+        """``multiscale``: cache the multi-scale features too (``probe-ms``), as ``qdm extend`` rescales them."""
         self.loaded, self.model, self.classes = loaded, loaded.model, list(drawings)
         aug = augmentation(loaded)
         self.pixels = drawings
         self.held, self.pool = {}, {}
         for c, name in enumerate(self.classes):
             self.held[name], self.pool[name] = hold_out(len(drawings[name]), c, held_out, seed=0)
-        self.feats = {name: view_features(self.model, px, views, aug, 2 * c) for c, (name, px) in
-                      enumerate(drawings.items())}
+        both = {name: view_features(self.model, px, views, aug, 2 * c, multiscale) for c, (name, px) in
+                enumerate(drawings.items())}
+        width = self.model.head.in_features
+        self.feats = {name: f[..., :width] for name, f in both.items()}
         self.fresh = {name: view_features(self.model, px, fresh_views(views), aug, 2 * c + 1) for c, (name, px) in
                       enumerate(drawings.items())}
         self.query = torch.cat([self.feats[n][self.held[n], 0] for n in self.classes])
         self.query_labels = np.repeat(np.arange(len(self.classes)), [len(self.held[n]) for n in self.classes])
         self.replay = calibration_set("default", n=REPLAY_SIZE)
-        self.replay_feats = features(self.model, normalize(self.replay.pixels))
+        replay = features(self.model, normalize(self.replay.pixels), multiscale=multiscale)
+        self.replay_feats = replay[:, :width]
         self.sample = verification_set("default")
-        self.sample_feats = features(self.model, normalize(self.sample.pixels))
+        sample = features(self.model, normalize(self.sample.pixels), multiscale=multiscale)
+        self.sample_feats = sample[:, :width]
         with torch.no_grad():
             self.query_old, self.sample_old = self.model.head(self.query), self.model.head(self.sample_feats)
+        if multiscale:  # rescaled once, as extend.fit_data does
+            scale = multiscale_scale(self.model, self.replay_feats, replay[:, width:])
+            self.wide = {name: f[..., width:] * scale for name, f in both.items()}
+            self.replay_wide, self.sample_wide = replay[:, width:] * scale, sample[:, width:] * scale
+            self.query_wide = torch.cat([self.wide[n][self.held[n], 0] for n in self.classes])
 
     def shots(self, k: int, episode: int) -> dict[str, np.ndarray]:
         return {name: np.sort(np.random.default_rng([episode, c]).permutation(self.pool[name])[:k])
@@ -120,6 +138,14 @@ class Bench:
         feats = torch.cat([cache[n][picks[n]] for n in self.classes])
         labels = np.repeat(np.arange(len(self.classes)), [len(picks[n]) for n in self.classes])
         return fit_data(self.model, feats, labels, self.replay_feats, self.replay.labels)
+
+    def _wide_data(self, picks: dict[str, np.ndarray]) -> FitData:
+        """``_data`` with the multi-scale features in place of the pooled ones (the old logits as before)."""
+        pooled = self._data(self.feats, picks)
+        wide = torch.cat([self.wide[n][picks[n]] for n in self.classes])
+        rows = wide.transpose(0, 1).reshape(-1, wide.shape[-1])
+        return FitData(rows, pooled.shot_logits, pooled.shot_labels, pooled.shot_drawing, self.replay_wide,
+                       pooled.replay_logits, pooled.replay_labels)
 
     def run(self, method: str, k: int, episode: int, finetune_steps: int) -> dict[str, float]:
         picks = self.shots(k, episode)
@@ -132,16 +158,18 @@ class Bench:
             protos = unit(torch.zeros(n, first.shape[1]).index_add_(0, data.shot_labels[: len(first)], unit(first)))
             result = scores(unit(self.query) @ protos.T, self.query_old, self.query_labels)
             return {"top1": result["top1"], "top5": result["top5"], "top1_345": None, "old52": None}
-        data = self._data(self.feats, picks)
+        wide = method == "probe-ms"
+        data = self._wide_data(picks) if wide else self._data(self.feats, picks)
         if method == "prototype":
             fitted = fit_prototype(data, self._data(self.fresh, picks), n)
             head = lambda f: unit(f - fitted["feature_mean"]) @ fitted["weight"].T + fitted["bias"]  # noqa: E731
         else:
             fitted = fit_probe(self.model, data, n, episode)
             head = lambda f: f @ fitted["weight"].T + fitted["bias"]  # noqa: E731
+        query, sample = (self.query_wide, self.sample_wide) if wide else (self.query, self.sample_feats)
         with torch.no_grad():
-            result = scores(head(self.query), self.query_old, self.query_labels)
-            result["old52"] = old_kept(head(self.sample_feats), self.sample_old, self.sample.labels)
+            result = scores(head(query), self.query_old, self.query_labels)
+            result["old52"] = old_kept(head(sample), self.sample_old, self.sample.labels)
         return result
 
     def _finetune(self, picks: dict[str, np.ndarray], episode: int, steps: int) -> dict[str, float]:
@@ -212,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--episodes", type=int, default=5)
     p.add_argument("--held-out", type=int, default=6)
     p.add_argument("--views", type=int, default=8, help="augmented views per shot (qdm extend's default)")
-    p.add_argument("--methods", default="prototype-plain,prototype,probe,finetune")
+    p.add_argument("--methods", default="prototype-plain,prototype,probe,probe-ms,finetune",
+                   help="comma-separated: prototype-plain, prototype, probe, probe-ms, finetune")
     p.add_argument("--finetune-episodes", type=int, default=1, help="episodes of the (slow) fine-tune per K")
     p.add_argument("--finetune-shots", default="20", help="the K the (slow) fine-tune runs at")
     p.add_argument("--finetune-steps", type=int, default=200)
@@ -223,11 +252,15 @@ def main(argv: list[str] | None = None) -> int:
     drawings = novel_drawings(args.data, loaded.labels)
     print(f"{len(drawings)} new classes, {sum(map(len, drawings.values()))} drawings "
           f"({min(map(len, drawings.values()))}..{max(map(len, drawings.values()))} a class)", file=sys.stderr)
-    bench = Bench(loaded, drawings, args.views, args.held_out)
+    methods = args.methods.split(",")
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        p.error(f"--methods: unknown {', '.join(unknown)} (expected some of {', '.join(METHODS)})")
+    bench = Bench(loaded, drawings, args.views, args.held_out, multiscale="probe-ms" in methods)
     print(f"features cached in {time.time() - start:.0f} s", file=sys.stderr)
     rows = []
     for k in (int(s) for s in args.shots.split(",")):
-        for method in args.methods.split(","):
+        for method in methods:
             episodes = args.finetune_episodes if method == "finetune" else args.episodes
             if method == "finetune" and str(k) not in args.finetune_shots.split(","):
                 continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 from conftest import TINY_CLASSES, make_store
@@ -13,7 +14,11 @@ from quickdraw_mobile.cli import main
 from quickdraw_mobile.data.loader import normalize
 from quickdraw_mobile.data.render import render_many
 from quickdraw_mobile.data.store import Store
-from quickdraw_mobile.extend import calibrate_groups
+from quickdraw_mobile.errors import QDMError
+from quickdraw_mobile.export import load_artifact, normalize_pixels
+from quickdraw_mobile.export.calibration import verification_set
+from quickdraw_mobile.export.pipeline import export_model
+from quickdraw_mobile.extend import calibrate_groups, extend
 from quickdraw_mobile.modelref import load_model
 from quickdraw_mobile.models import create_model
 
@@ -21,6 +26,7 @@ NEW = ["fish", "house"]  # embedded classes that tiny_run (apple, cat, star) lac
 STROKED = ["triangle", "zigzag"]  # official classes the bundled default lacks, drawn here as strokes
 SHOTS = 5
 METHODS = ["prototype", "probe", "finetune"]
+MULTISCALE = "probe-multiscale"  # --method probe --features multiscale
 
 
 def _shape_lines(word: str, n: int) -> list[str]:
@@ -54,6 +60,10 @@ def extended(stroke_folder, tmp_path_factory):
         assert main(["extend", "--model", "default", "--data", str(stroke_folder), "--out", str(out), "--method",
                      method, "--shots", str(SHOTS), "--views", "2", "--steps", "15"]) == 0
         runs[method] = out
+    out = tmp_path_factory.mktemp(MULTISCALE) / "run"
+    assert main(["extend", "--model", "default", "--data", str(stroke_folder), "--out", str(out), "--method",
+                 "probe", "--features", "multiscale", "--shots", str(SHOTS), "--views", "2"]) == 0
+    runs[MULTISCALE] = out
     return runs
 
 
@@ -76,12 +86,37 @@ def test_a_plain_cnn_has_features_and_no_cosine_head():
     assert torch.equal(model(x), model.head(model.features(x)))
 
 
-@pytest.mark.parametrize("method", METHODS)
+def test_a_plain_cnn_draws_the_same_weights_and_has_no_wide_head():
+    """The wide head is made last and only when asked: everything else draws the same initial weights."""
+    torch.manual_seed(0)
+    plain = create_model("cnn", 4, width=8, blocks=(1, 1)).eval()
+    torch.manual_seed(0)
+    wide = create_model("cnn", 6, width=8, blocks=(1, 1), wide_classes=2).eval()
+    assert not any(name.startswith(("wide_head", "multiscale_scale")) for name in plain.state_dict())
+    extra = [name for name in wide.state_dict() if name not in plain.state_dict()]
+    assert sorted(extra) == ["multiscale_scale", "wide_head.bias", "wide_head.weight"]
+    assert all(torch.equal(value, wide.state_dict()[name]) for name, value in plain.state_dict().items())
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        logits, features = plain.logits_and_features(x)
+        torch.testing.assert_close(wide(x)[:, :4], plain(x), rtol=0, atol=0)
+        wide_logits, wide_features = wide.logits_and_features(x)
+    assert torch.equal(logits, plain(x)) and torch.equal(features, plain.features(x))
+    assert torch.equal(wide_logits, wide(x)) and torch.equal(wide_features, plain.features(x))
+    blocks = plain.multiscale_features(x).split([16, 16, 32, 32], dim=1)  # stage 1 avg, max; pooled; stage 2 max
+    for block in blocks:
+        torch.testing.assert_close(block.norm(dim=1), torch.ones(3))
+    torch.testing.assert_close(blocks[2], plain.features(x) / plain.features(x).norm(dim=1, keepdim=True))
+
+
+@pytest.mark.parametrize("method", [*METHODS, MULTISCALE])
 def test_extended_run_loads_with_old_and_new_labels(extended, method, drawings):
     old, new = load_model("default"), load_model(extended[method])
     assert new.labels == [*old.labels, *STROKED]
     summary = json.loads((extended[method] / "train_summary.json").read_text())["extended"]
-    assert summary["method"] == method and summary["shots"] == SHOTS and summary["new_classes"] == STROKED
+    assert summary["method"] == method.split("-")[0] and summary["shots"] == SHOTS
+    assert summary["new_classes"] == STROKED
+    assert summary["features"] == ("multiscale" if method == MULTISCALE else "pooled")
     x = normalize(np.concatenate([drawings(name, 4) for name in ("apple", "cat", "star", "tree")]))
     with torch.no_grad():
         before, after = old.model(x), new.model(x)
@@ -93,7 +128,7 @@ def test_extended_run_loads_with_old_and_new_labels(extended, method, drawings):
         assert (after.argmax(1) == before.argmax(1)).float().mean() >= 0.75
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", [*METHODS, MULTISCALE])
 def test_the_new_classes_are_guessed_for_their_shots_and_others(extended, method):
     new = load_model(extended[method])
     pixels = np.concatenate([render_many([json.loads(line)["drawing"] for line in _shape_lines(word, 12)])
@@ -108,6 +143,61 @@ def test_an_extended_run_exports_to_onnx_without_data(extended, tmp_path):
     onnx = tmp_path / "prototype.onnx"
     assert main(["export", "--model", str(extended["prototype"]), "--format", "onnx", "--out", str(onnx)]) == 0
     assert onnx.stat().st_size > 0
+
+
+def test_a_multiscale_run_keeps_its_new_rows_in_a_wide_head(extended):
+    run = load_model(extended[MULTISCALE])
+    assert run.config.model_kwargs["wide_classes"] == len(STROKED)
+    default = load_model("default").model
+    torch.testing.assert_close(run.model.head.weight, default.head.weight, rtol=0, atol=0)
+    summary = json.loads((extended[MULTISCALE] / "train_summary.json").read_text())["extended"]
+    assert float(run.model.multiscale_scale) == pytest.approx(summary["multiscale_scale"]) and \
+        summary["multiscale_scale"] > 1.0  # unit blocks (norm 2) brought up to the pooled features' norm
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pte"])
+def test_a_multiscale_run_exports_close_to_eager(extended, fmt, tmp_path):
+    """The wide head's per-block normalisation and max pools lower to ONNX (with the features output) and to an
+    XNNPACK .pte; the files answer as the eager model does on the bundled sample."""
+    out = tmp_path / f"wide.{fmt}"
+    meta = export_model(extended[MULTISCALE], fmt, "none", out, features=fmt == "onnx")
+    assert meta["verification"]["top1_agreement"] == 1.0
+    sample = verification_set(extended[MULTISCALE])
+    model = load_model(extended[MULTISCALE]).model.eval()
+    with torch.no_grad():
+        eager_logits, eager_features = model.logits_and_features(normalize(sample.pixels))
+    if fmt == "onnx":
+        session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        logits, features = session.run(["logits", "features"], {"pixels": normalize_pixels(sample.pixels)})
+        np.testing.assert_allclose(features, eager_features.numpy(), atol=1e-4, rtol=1e-4)
+    else:
+        logits = load_artifact(out).run_pixels(sample.pixels)
+    assert logits.shape[1] == 52 + len(STROKED)
+    np.testing.assert_allclose(logits, eager_logits.numpy(), atol=1e-3, rtol=1e-3)
+
+
+def test_a_multiscale_run_is_one_int8_xnnpack_delegate(extended, tmp_path):
+    """The per-block sums of squares are average pools: nothing of the wide head is left to the portable kernels."""
+    meta = export_model(extended[MULTISCALE], "pte", "int8", tmp_path / "wide.int8.pte", calib=256)
+    assert meta["export"]["not_delegated_ops"] == {}
+    assert meta["verification"]["top1_agreement"] >= 0.95
+
+
+def test_a_multiscale_run_takes_more_classes_into_its_wide_head_only(tiny_run, tiny_store, new_store, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    common = ["--data", str(new_store), "--shots", str(SHOTS), "--views", "1", "--method", "probe"]
+    assert main(["extend", "--model", str(tiny_run), "--out", str(first), "--classes", NEW[0], "--replay",
+                 str(tiny_store), "--features", "multiscale", *common]) == 0
+    with pytest.raises(QDMError, match="--features: a model extended with --features multiscale takes more"):
+        extend(first, new_store, tmp_path / "pooled", method="probe", classes=[NEW[1]])
+    assert main(["extend", "--model", str(first), "--out", str(second), "--classes", NEW[1],
+                 "--features", "multiscale", *common]) == 0
+    before, after = load_model(first), load_model(second)
+    assert after.labels == [*TINY_CLASSES, *NEW] and after.config.model_kwargs["wide_classes"] == 2
+    assert float(after.model.multiscale_scale) == float(before.model.multiscale_scale)
+    x = normalize(np.concatenate([np.array(Store.open(new_store).array(n)[:5]) for n in NEW]))
+    with torch.no_grad():
+        torch.testing.assert_close(after.model(x)[:, :-1], before.model(x), rtol=0, atol=1e-5)
 
 
 def test_an_extended_tiny_run_evaluates_on_a_store_of_old_and_new(tiny_run, tiny_store, new_store, all_store,
@@ -127,6 +217,8 @@ def test_an_extended_tiny_run_evaluates_on_a_store_of_old_and_new(tiny_run, tiny
     (["--shots", "50"], "--shots 50: class 'fish' has only 20 drawings"),
     (["--classes", "apple"], "--classes: the model already knows apple"),
     (["--old-kept", "1.5"], "--old-kept: expected a fraction in (0, 1], got 1.5"),
+    (["--features", "deep"], "--features: expected one of pooled, multiscale, got 'deep'"),
+    (["--features", "multiscale"], "--features multiscale: only with --method probe or finetune"),
 ])
 def test_bad_input_is_a_one_line_error(tiny_run, tiny_store, new_store, tmp_path, capsys, args, says):
     """An unknown method, more shots than drawings, a class the model knows: one line, exit 2, no folder."""
@@ -154,13 +246,15 @@ def test_calibrate_groups_pulls_down_new_classes_that_would_swallow_the_old():
     assert calibrate_groups(logits, 3, 0.99) < -3.0
 
 
-def test_old_kept_shifts_only_the_new_logits_by_the_calibrated_offset(tiny_run, tiny_store, new_store, tmp_path):
+@pytest.mark.parametrize("features", ["pooled", "multiscale"])
+def test_old_kept_shifts_only_the_new_logits_by_the_calibrated_offset(tiny_run, tiny_store, new_store, tmp_path,
+                                                                      features):
     runs = {}
     for name, extra in (("plain", []), ("calibrated", ["--old-kept", "0.9"])):
         runs[name] = tmp_path / name
         assert main(["extend", "--model", str(tiny_run), "--data", str(new_store), "--out", str(runs[name]),
                      "--method", "probe", "--shots", str(SHOTS), "--replay", str(tiny_store), "--views", "1",
-                     *extra]) == 0
+                     "--features", features, *extra]) == 0
     summary = json.loads((runs["calibrated"] / "train_summary.json").read_text())["extended"]
     assert summary["old_kept"] == 0.9 and summary["replay_old_kept_after"] >= 0.9
     x = normalize(np.concatenate([np.array(Store.open(new_store).array(n)[:5]) for n in NEW]))

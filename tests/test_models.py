@@ -84,7 +84,8 @@ def test_bad_num_classes():
 
 
 def test_model_options_lists_defaults():
-    assert model_options("cnn") == {"width": 32, "blocks": (2, 2), "dropout": 0.1, "pool": "avg", "cosine_classes": 0}
+    assert model_options("cnn") == {"width": 32, "blocks": (2, 2), "dropout": 0.1, "pool": "avg", "cosine_classes": 0,
+                                    "wide_classes": 0}
 
 
 def test_register_model_rejects_duplicates_and_hidden_options():

@@ -15,6 +15,10 @@ Three methods, each writing an ordinary run folder (``create_model(config.model,
   head's range. The model gets ``cosine_classes`` (``models/cnn.py``): the old head and its logits are untouched.
 - ``probe``: new rows of the ordinary linear head, trained (full batch, Adam, fixed seed) on the frozen features
   of the shots (and augmented copies) and of the replay drawings against the old logits, which stay as they were.
+  With ``features="multiscale"`` (``--features multiscale``) the probe reads the frozen model's multi-scale
+  features instead (``models/cnn.py``'s ``multiscale_features``: stage 1 pooled by average and max, the pooled
+  features, stage 2 max-pooled, each block unit length, rescaled to the pooled features' mean norm on the replay
+  drawings): the new rows go into a ``wide_head`` (model option ``wide_classes``), the old head untouched.
 - ``finetune``: the probe, then a short fine-tune of the whole model through ``train.step.TrainStep`` (as QAT
   does, ``quant.finetune``) on the replay drawings plus the shots, class-balanced, with the run's augmentation.
   Every logit changes (the old classes' too).
@@ -51,6 +55,7 @@ from .options import CALIBRATION_SIZE
 from .runfolder import RunFolder, save_weights, write_labels
 
 METHODS = ("prototype", "probe", "finetune")
+FEATURES = ("pooled", "multiscale")  # what the probe reads: the pooled vector, or the multi-scale one
 REPLAY_SIZE = CALIBRATION_SIZE  # old-class drawings the fits see: a run's whole calibration set
 VIEWS = 8  # augmented copies of each shot (the run's training augmentation) besides the shot itself
 FIT_STEPS = 300  # full-batch Adam steps of the prototype scale/offset and of the probe
@@ -168,9 +173,21 @@ def features_and_logits(model: torch.nn.Module, x: torch.Tensor, batch: int = 10
     return torch.cat(feats), torch.cat(logits)
 
 
-def _check_features(loaded: LoadedModel) -> None:
+@torch.inference_mode()
+def all_outputs(model: torch.nn.Module, x: torch.Tensor, batch: int = 1024) -> tuple[torch.Tensor, ...]:
+    """The logits, the pooled features and the multi-scale features (unit blocks, not rescaled) of ``x``
+    (``model.outputs``), in eval mode, on the CPU."""
+    model.eval()
+    chunks = [model.outputs(x[start: start + batch]) for start in range(0, len(x), batch)]
+    return tuple(torch.cat(parts) for parts in zip(*chunks, strict=True))
+
+
+def _check_features(loaded: LoadedModel, features: str = "pooled") -> None:
     if not hasattr(loaded.model, "features"):
         raise QDMError(f"qdm extend: model {loaded.config.model!r} has no features(x) (the cnn family has)")
+    if features == "multiscale" and not hasattr(loaded.model, "outputs"):
+        raise QDMError(f"--features multiscale: model {loaded.config.model!r} has no multi-scale features "
+                       "(the cnn family has)")
 
 
 @dataclass
@@ -185,17 +202,36 @@ class FitData:
     replay_feats: torch.Tensor
     replay_logits: torch.Tensor
     replay_labels: torch.Tensor
+    info: dict = field(default_factory=dict)  # how the features were made (the multi-scale scale)
 
 
-def fit_data(loaded: LoadedModel, ext: Extension, replay: Drawings, views: int, seed: int) -> FitData:
-    """The features of the shots' (augmented) views and of the replay drawings, computed once."""
+def multiscale_scale(model: torch.nn.Module, replay_pooled: torch.Tensor, replay_multiscale: torch.Tensor) -> float:
+    """The factor that brings the multi-scale features to the pooled ones' mean norm on the replay drawings (the
+    range the old head's weights, and the probe's start and weight decay, are made for); the model's own when it
+    has a wide head already."""
+    if getattr(model, "wide_head", None) is not None:
+        return float(model.multiscale_scale)
+    return float(replay_pooled.norm(dim=1).mean() / replay_multiscale.norm(dim=1).mean())
+
+
+def fit_data(loaded: LoadedModel, ext: Extension, replay: Drawings, views: int, seed: int,
+             features: str = "pooled") -> FitData:
+    """The features (``features``: pooled | multiscale, the latter rescaled by ``multiscale_scale``) of the
+    shots' (augmented) views and of the replay drawings, computed once."""
     pixels = np.concatenate(ext.shots)
     labels = torch.from_numpy(np.repeat(np.arange(len(ext.shots)), [len(s) for s in ext.shots]))
     x = views_of(pixels, views, augmentation(loaded), seed)
-    shot_feats, shot_logits = features_and_logits(loaded.model, x)
-    replay_feats, replay_logits = features_and_logits(loaded.model, normalize(replay.pixels))
+    info = {}
+    if features == "multiscale":
+        shot_logits, _, shot_feats = all_outputs(loaded.model, x)
+        replay_logits, replay_pooled, replay_feats = all_outputs(loaded.model, normalize(replay.pixels))
+        scale = multiscale_scale(loaded.model, replay_pooled, replay_feats)
+        shot_feats, replay_feats, info = shot_feats * scale, replay_feats * scale, {"multiscale_scale": scale}
+    else:
+        shot_feats, shot_logits = features_and_logits(loaded.model, x)
+        replay_feats, replay_logits = features_and_logits(loaded.model, normalize(replay.pixels))
     return FitData(shot_feats, shot_logits, labels.repeat(views + 1), torch.arange(len(pixels)).repeat(views + 1),
-                   replay_feats, replay_logits, torch.from_numpy(replay.labels))
+                   replay_feats, replay_logits, torch.from_numpy(replay.labels), info)
 
 
 # ------------------------------------------------------------------------------------------------ fitting
@@ -307,32 +343,55 @@ def prototype_model(loaded: LoadedModel, data: FitData, fresh: FitData, classes:
     return model, kwargs, {"scale": fitted["scale"], "offset": fitted["offset"], "fit_loss": fitted["fit_loss"]}
 
 
-def probe_model(loaded: LoadedModel, data: FitData, classes: int, seed: int):
-    """The run's model with ``classes`` new rows of its linear head, fitted on ``data``."""
-    if loaded.config.model_kwargs.get("cosine_classes", 0):
+def check_method_fits(loaded: LoadedModel, method: str, features: str) -> None:
+    """New classes go after the old ones: a model whose last logits come from a cosine or a wide head takes more
+    only into that head."""
+    kwargs = loaded.config.model_kwargs
+    if kwargs.get("cosine_classes", 0) and method != "prototype":
         raise QDMError("--method: a model extended with prototypes takes more classes by --method prototype only")
+    if kwargs.get("wide_classes", 0) and (method == "prototype" or features != "multiscale"):
+        raise QDMError("--features: a model extended with --features multiscale takes more classes by --method "
+                       "probe (or finetune) --features multiscale only")
+    if features == "multiscale" and method == "prototype":
+        raise QDMError("--features multiscale: only with --method probe or finetune")
+
+
+def probe_model(loaded: LoadedModel, data: FitData, classes: int, seed: int, features: str = "pooled"):
+    """The run's model with ``classes`` new rows of its linear head (``features`` pooled) or of its wide head
+    (multiscale), fitted on ``data``."""
+    check_method_fits(loaded, "probe", features)
     fitted = fit_probe(loaded.model, data, classes, seed)
-    model = extended_model(loaded, loaded.config.model_kwargs, classes,
-                           {"head.weight": fitted["weight"], "head.bias": fitted["bias"]})
-    return model, loaded.config.model_kwargs, {"fit_loss": fitted["fit_loss"]}
+    if features == "multiscale":
+        kwargs = {**loaded.config.model_kwargs,
+                  "wide_classes": loaded.config.model_kwargs.get("wide_classes", 0) + classes}
+        rows = {"wide_head.weight": fitted["weight"], "wide_head.bias": fitted["bias"],
+                "multiscale_scale": torch.tensor(data.info["multiscale_scale"])}
+    else:
+        kwargs, rows = loaded.config.model_kwargs, {"head.weight": fitted["weight"], "head.bias": fitted["bias"]}
+    model = extended_model(loaded, kwargs, classes, rows)
+    return model, kwargs, {"fit_loss": fitted["fit_loss"], "features": features, **data.info}
 
 
-def extend_prototype(loaded: LoadedModel, ext: Extension, replay: Drawings, views: int, seed: int, steps: int):
+def extend_prototype(loaded: LoadedModel, ext: Extension, replay: Drawings, views: int, seed: int, steps: int,
+                     features: str = "pooled"):
+    check_method_fits(loaded, "prototype", features)
     data = fit_data(loaded, ext, replay, views, seed)
     fresh = fit_data(loaded, ext, replay, fresh_views(views), seed + 1)
     return prototype_model(loaded, data, fresh, len(ext.classes))
 
 
-def extend_probe(loaded: LoadedModel, ext: Extension, replay: Drawings, views: int, seed: int, steps: int = 0):
-    if loaded.config.model_kwargs.get("cosine_classes", 0):  # before the features are computed
-        raise QDMError("--method: a model extended with prototypes takes more classes by --method prototype only")
-    return probe_model(loaded, fit_data(loaded, ext, replay, views, seed), len(ext.classes), seed)
+def extend_probe(loaded: LoadedModel, ext: Extension, replay: Drawings, views: int, seed: int, steps: int = 0,
+                 features: str = "pooled"):
+    check_method_fits(loaded, "probe", features)  # before the features are computed
+    return probe_model(loaded, fit_data(loaded, ext, replay, views, seed, features), len(ext.classes), seed,
+                       features)
 
 
-def extend_finetune(loaded: LoadedModel, ext: Extension, replay: Drawings, views: int, seed: int, steps: int):
+def extend_finetune(loaded: LoadedModel, ext: Extension, replay: Drawings, views: int, seed: int, steps: int,
+                    features: str = "pooled"):
     from .quant.finetune import TrainingData, fine_tune
 
-    model, kwargs, info = extend_probe(loaded, ext, replay, views, seed)
+    model, kwargs, info = extend_probe(loaded, ext, replay, views, seed, features=features)
     labels = [*loaded.labels, *ext.classes]
     old = [replay.pixels[replay.labels == c] for c in range(len(loaded.labels))]
     arrays = [*old, *ext.shots]
@@ -372,8 +431,10 @@ def calibrate_groups(logits: torch.Tensor, new: int, old_kept: float) -> float:
 
 @torch.no_grad()
 def shift_new_logits(model: torch.nn.Module, new: int, offset: float) -> None:
-    """Add ``offset`` to the biases of the last ``new`` outputs (the cosine head's when the model has one)."""
-    head = model.cosine_head if getattr(model, "cosine_head", None) is not None else model.head
+    """Add ``offset`` to the biases of the last ``new`` outputs: the wide head's, or the cosine head's, when the
+    model has one (the last logits are theirs)."""
+    head = next(h for h in (getattr(model, "wide_head", None), getattr(model, "cosine_head", None), model.head)
+                if h is not None)
     head.bias[-new:] += offset
 
 
@@ -448,21 +509,26 @@ def write_run(out: Path, loaded: LoadedModel, model: torch.nn.Module, kwargs: di
 
 def extend(model_ref: str | Path, source: str | Path, out: str | Path, method: str = "prototype", shots: int = 10,
            seed: int = 0, classes: list[str] | None = None, replay: str | Path | None = None,
-           views: int = VIEWS, steps: int = FINETUNE_STEPS, old_kept: float | None = None) -> dict:
+           views: int = VIEWS, steps: int = FINETUNE_STEPS, old_kept: float | None = None,
+           features: str = "pooled") -> dict:
     """Add the new classes at ``source`` to the model ``model_ref`` from ``shots`` drawings each; write the run
     folder ``out``. ``steps``: the fine-tune's optimizer steps; ``old_kept``: calibrate the new group
-    (``calibrate``). Returns its ``train_summary.json``'s ``extended`` section."""
-    check_options(method, views, steps, old_kept)
+    (``calibrate``); ``features``: what the probe reads (``FEATURES``). Returns its ``train_summary.json``'s
+    ``extended`` section."""
+    check_options(method, views, steps, old_kept, features)
     loaded = load_model(model_ref)
-    _check_features(loaded)
+    _check_features(loaded, features)
+    check_method_fits(loaded, method, features)
     ext = pick_shots(source_drawings(source, loaded.labels, classes), shots, seed, str(source))
     ext.info = {"shots": shots, "data": str(source), **ext.info}
-    return extend_with(model_ref, ext, out, method, seed, replay, views, steps, old_kept)
+    return extend_with(model_ref, ext, out, method, seed, replay, views, steps, old_kept, features)
 
 
-def check_options(method: str, views: int, steps: int, old_kept: float | None) -> None:
+def check_options(method: str, views: int, steps: int, old_kept: float | None, features: str = "pooled") -> None:
     if method not in METHODS:
         raise QDMError(f"--method: expected one of {', '.join(METHODS)}, got {method!r}")
+    if features not in FEATURES:
+        raise QDMError(f"--features: expected one of {', '.join(FEATURES)}, got {features!r}")
     if isinstance(views, bool) or not isinstance(views, int) or views < 0:
         raise QDMError(f"--views: expected a count >= 0, got {views!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -473,22 +539,23 @@ def check_options(method: str, views: int, steps: int, old_kept: float | None) -
 
 def extend_with(model_ref: str | Path, ext: Extension, out: str | Path, method: str = "prototype", seed: int = 0,
                 replay: str | Path | None = None, views: int = VIEWS, steps: int = FINETUNE_STEPS,
-                old_kept: float | None = None) -> dict:
+                old_kept: float | None = None, features: str = "pooled") -> dict:
     """``extend`` with the new classes' drawings given (``ext``, its ``info`` going into the summary): every
     drawing of ``ext.shots`` is a shot."""
-    check_options(method, views, steps, old_kept)
+    check_options(method, views, steps, old_kept, features)
     out = Path(out)
     if RunFolder(out).config_path.exists():
         raise QDMError(f"--out: {out} holds a run already; choose a new folder")
     loaded = load_model(model_ref)
-    _check_features(loaded)
+    _check_features(loaded, features)
+    check_method_fits(loaded, method, features)
     replayed = replay_drawings(model_ref, replay)
     torch.manual_seed(seed)
-    model, kwargs, info = EXTENDERS[method](loaded, ext, replayed, views, seed, steps)
+    model, kwargs, info = EXTENDERS[method](loaded, ext, replayed, views, seed, steps, features=features)
     if old_kept is not None:
         info = {**info, **calibrate(model, replayed, len(ext.classes), old_kept, augmentation(loaded), seed + 2)}
     summary = {"from": bundled_name(model_ref) or str(Path(model_ref).resolve()), "method": method,
-               "shots": None, "seed": seed, "views": views, "old_classes": len(loaded.labels),
+               "features": features, "shots": None, "seed": seed, "views": views, "old_classes": len(loaded.labels),
                "new_classes": ext.classes, "data": ext.source, "replay": replayed.source, **ext.info, **info}
     write_run(out, loaded, model, kwargs, ext, replayed, summary)
     return summary

@@ -11,7 +11,7 @@ def _cmd_extend(args: argparse.Namespace) -> int:
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
     summary = extend(args.model, args.data, args.out, method=args.method, shots=args.shots, seed=args.seed,
                      classes=classes, replay=args.replay, views=args.views, steps=args.steps,
-                     old_kept=args.old_kept)
+                     old_kept=args.old_kept, features=args.features)
     new = summary["new_classes"]
     print(f"{args.out}: {summary['old_classes']} + {len(new)} classes ({', '.join(new[:8])}"
           f"{', ...' if len(new) > 8 else ''}) by {summary['method']} from {summary['shots']} drawings each")
@@ -30,6 +30,9 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--method", default="prototype", help="prototype | probe | finetune (default: prototype): a centred "
                    "cosine classifier of class means, a linear probe on frozen features, or the probe then a "
                    "short fine-tune of the whole model")
+    p.add_argument("--features", default="pooled", help="pooled | multiscale (default: pooled): what --method probe "
+                   "(and finetune's probe) reads; multiscale adds the frozen model's earlier layers, pooled, each "
+                   "block unit length (the new classes get their own head)")
     p.add_argument("--shots", type=int, default=10, help="drawings per new class (default: 10)")
     p.add_argument("--seed", type=int, default=0, help="which drawings are the shots, and the fits' seed")
     p.add_argument("--classes", help="comma-separated classes to add (default: every class at --data the model "

@@ -54,6 +54,8 @@ def with_features(model: nn.Module) -> nn.Module:
             self.inner = inner
 
         def forward(self, x):
+            if callable(getattr(self.inner, "logits_and_features", None)):  # a wide head reads more than features
+                return self.inner.logits_and_features(x)
             features = self.inner.features(x)
             return self.inner.classify(features), features
 

@@ -14,6 +14,13 @@ Layout at 28x28 input, ``width`` = w (default 32):
              L2-normalised pooled features (a cosine classifier whose scale and offset are folded into its weights
              and bias); the first ``num_classes - n`` from ``head`` as before. ``features(x)`` is the pooled (4w)-d vector both read,
              ``classify(features)`` the logits of it.
+    wide     ``wide_classes`` = n > 0 (what ``qdm extend --method probe --features multiscale`` writes): the last n
+             logits come from a linear layer (``wide_head``) on the multi-scale features of the same frozen layers
+             (``multiscale_features``): stage 1's output pooled globally (average and max), the pooled features,
+             and stage 2's output max-pooled (12w-d), each block scaled to unit length, the whole times a fixed
+             ``multiscale_scale``; the first ``num_classes - n`` from ``head`` (and ``cosine_head``) as before.
+             ``features(x)`` stays the pooled (4w)-d vector; ``logits_and_features(x)`` gives the logits with it
+             from one pass (``classify(features)`` alone cannot compute the wide logits).
 
 Why it looks like this:
 - Only Conv-BN-ReLU, residual add, average pool and linear: every op has an XNNPACK INT8 kernel, each BN folds
@@ -27,6 +34,7 @@ Why it looks like this:
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import QDMError
@@ -57,6 +65,11 @@ class ResidualBlock(nn.Module):
         return self.relu(x + self.conv2(self.conv1(x)))
 
 
+def multiscale_width(width: int) -> int:
+    """Length of ``multiscale``: stage 1 (2w) twice, the pooled features (4w) and stage 2 (4w)."""
+    return 2 * (2 * width) + 2 * (4 * width)
+
+
 FINAL_SIZE = 7  # 28x28 after two stride-2 stages
 POOLS = ("avg", "learned")
 
@@ -67,6 +80,31 @@ def learned_pool(chs: int, size: int) -> nn.Sequential:
     conv = nn.Conv2d(chs, chs, size, groups=chs, bias=False)
     nn.init.constant_(conv.weight, 1.0 / size**2)
     return nn.Sequential(conv, nn.BatchNorm2d(chs))
+
+
+def unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """x / |x| per row, spelled in elementwise ops (sum, rsqrt, mul) that every export path lowers."""
+    return x * torch.rsqrt((x * x).sum(1, keepdim=True).clamp_min(1e-12))
+
+
+def unit_rows_pooled(x: torch.Tensor) -> torch.Tensor:
+    """``unit_rows`` with the sum of squares taken as C times a global average pool of them laid out as a
+    (B, 1, C, 1) map: XNNPACK delegates the pool (its INT8 kernels run it), not a sum over a 2-d tensor's rows."""
+    squares = (x * x).reshape(-1, 1, x.shape[1], 1)
+    mean = F.adaptive_avg_pool2d(squares, 1).flatten(1)
+    return x * torch.rsqrt((mean * x.shape[1]).clamp_min(1e-12))
+
+
+def global_max(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C): one max pool over the whole map (a pooling op XNNPACK and ONNX both have)."""
+    return F.max_pool2d(x, kernel_size=tuple(x.shape[-2:])).flatten(1)
+
+
+def multiscale(early: torch.Tensor, late: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+    """Stage 1's map pooled (average, max), the pooled features and stage 2's map max-pooled, each block unit
+    length: the earlier layers keep detail that the last pooled vector, tuned to the trained classes, drops."""
+    blocks = (F.adaptive_avg_pool2d(early, 1).flatten(1), global_max(early), pooled, global_max(late))
+    return torch.cat([unit_rows_pooled(block) for block in blocks], dim=1)
 
 
 class CNN(nn.Module):
@@ -80,6 +118,7 @@ class CNN(nn.Module):
         dropout: float = 0.1,
         pool: str = "avg",
         cosine_classes: int = 0,
+        wide_classes: int = 0,
     ):
         super().__init__()
         self.stem = conv_bn(1, width)
@@ -96,7 +135,7 @@ class CNN(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1) if pool == "avg" else learned_pool(in_chs, FINAL_SIZE)
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(in_chs, num_classes - cosine_classes)
+        self.head = nn.Linear(in_chs, num_classes - cosine_classes - wide_classes)
         # made after ``head`` and only when asked: a plain model draws the same initial weights as before
         self.cosine_head = nn.Linear(in_chs, cosine_classes) if cosine_classes else None
         if cosine_classes:  # subtracted before normalising (centred cosine, "CL2N"): ReLU features all point one way
@@ -104,29 +143,57 @@ class CNN(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d) and m.groups == 1:
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        # after every other draw, and only when asked: the rest of the model starts as a plain one does
+        self.wide_head = nn.Linear(multiscale_width(width), wide_classes) if wide_classes else None
+        if wide_classes:  # the unit blocks' concatenation rescaled (fitted once by extend) into the pooled range
+            self.register_buffer("multiscale_scale", torch.ones(()))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The pooled penultimate features (B, 4w) that the heads read (before dropout)."""
         return self.pool(self.stages(self.stem(x))).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classify(self.features(x))
+        if self.wide_head is None:
+            return self.classify(self.features(x))
+        return self.outputs(x)[0]
+
+    def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits and the pooled features of ``x`` from one pass."""
+        if self.wide_head is None:
+            features = self.features(x)
+            return self.classify(features), features
+        logits, features, _ = self.outputs(x)
+        return logits, features
+
+    def multiscale_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 12w): ``multiscale`` of ``x`` (unit blocks, norm 2; the wide head reads them times
+        ``multiscale_scale``)."""
+        return self.outputs(x)[2]
+
+    def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The logits, the pooled features and the multi-scale features (unit blocks, not rescaled) of ``x``
+        from one pass."""
+        early = self.stages[0](self.stem(x))
+        late = self.stages[1:](early)
+        pooled = self.pool(late).flatten(1)
+        wide = multiscale(early, late, pooled)
+        logits = self.classify(pooled)
+        if self.wide_head is not None:
+            logits = torch.cat([logits, self.wide_head(wide * self.multiscale_scale)], dim=1)
+        return logits, pooled, wide
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
-        """The logits of pooled ``features`` (what ``forward`` does after ``features``): an export that outputs
-        both computes the features once."""
+        """The logits of pooled ``features`` from ``head`` and ``cosine_head`` (what ``forward`` does after
+        ``features`` when there is no ``wide_head``)."""
         logits = self.head(self.dropout(features))
         if self.cosine_head is None:
             return logits
-        # x / |x| spelled in elementwise ops (sum, rsqrt, mul) that every export path lowers
-        centred = features - self.feature_mean
-        unit = centred * torch.rsqrt((centred * centred).sum(1, keepdim=True).clamp_min(1e-12))
-        return torch.cat([logits, self.cosine_head(unit)], dim=1)
+        return torch.cat([logits, self.cosine_head(unit_rows(features - self.feature_mean))], dim=1)
 
 
 def _build(
     num_classes: int, width: int, blocks: tuple[int, ...] | list[int], dropout: float, pool: str,
-    cosine_classes: int = 0,
+    cosine_classes: int = 0, wide_classes: int = 0,
 ) -> CNN:
     check_positive("width", width)
     if (
@@ -144,8 +211,12 @@ def _build(
             not 0 <= cosine_classes < num_classes:
         raise QDMError(f"model option cosine_classes: expected an integer in 0..{num_classes - 1}, "
                        f"got {cosine_classes!r}")
+    if isinstance(wide_classes, bool) or not isinstance(wide_classes, int) or \
+            not 0 <= wide_classes < num_classes - cosine_classes:
+        raise QDMError(f"model option wide_classes: expected an integer in 0..{num_classes - cosine_classes - 1}, "
+                       f"got {wide_classes!r}")
     return CNN(num_classes, width=width, blocks=tuple(blocks), dropout=dropout, pool=pool,
-               cosine_classes=cosine_classes)
+               cosine_classes=cosine_classes, wide_classes=wide_classes)
 
 
 @register_model
@@ -156,9 +227,10 @@ def cnn(
     dropout: float = 0.1,
     pool: str = "avg",
     cosine_classes: int = 0,
+    wide_classes: int = 0,
 ) -> CNN:
     """The default: width 32 (channels 32/64/128), two residual blocks at 14x14 and two at 7x7."""
-    return _build(num_classes, width, blocks, dropout, pool, cosine_classes)
+    return _build(num_classes, width, blocks, dropout, pool, cosine_classes, wide_classes)
 
 
 @register_model
@@ -169,6 +241,7 @@ def cnn_small(
     dropout: float = 0.1,
     pool: str = "avg",
     cosine_classes: int = 0,
+    wide_classes: int = 0,
 ) -> CNN:
     """Half the blocks of ``cnn``: about half the parameters and MACs, for the fastest phones and quick runs."""
-    return _build(num_classes, width, blocks, dropout, pool, cosine_classes)
+    return _build(num_classes, width, blocks, dropout, pool, cosine_classes, wide_classes)
