@@ -122,6 +122,25 @@ def tiny_run(tiny_store, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def browser_model(tmp_path_factory) -> Path:
+    """The served model (``QDM_TEST_MODEL``, else default) exported to INT8 ONNX by the export package, as
+    'qdm serve' does on its first start: once for all the page tests."""
+    import shutil
+
+    from quickdraw_mobile.serve import browser_model_for
+    from quickdraw_mobile.serve.app import STATIC
+
+    if not all((STATIC / "vendor" / name).is_file() for name in ("ort.wasm.bundle.min.mjs",
+                                                                  "ort-wasm-simd-threaded.wasm")):
+        if shutil.which("npm") is None:
+            pytest.skip("onnxruntime-web is not in serve/static/vendor and npm is missing to fetch it")
+        pytest.fail("onnxruntime-web is missing from serve/static/vendor: run scripts/setup.sh")
+    path = browser_model_for(os.environ.get("QDM_TEST_MODEL", "default"), cache_dir=tmp_path_factory.mktemp("serve-cache"))
+    assert path is not None and path.is_file()
+    return path
+
+
 @pytest.fixture(scope="module")
 def served_model():
     """The model the serve tests load: the bundled default (``QDM_TEST_MODEL`` may name another run folder)."""

@@ -97,12 +97,13 @@ def _old_top1(models, pixels: np.ndarray, labels: np.ndarray) -> tuple[float, fl
 
 def test_the_52_classes_keep_their_top1_on_the_bundled_test_sample(models, sample):
     """Within 1.5 points on the 1,040-drawing sample (its standard error of a difference is about 0.4 points);
-    the 1-point target is checked on the whole test split below."""
+    the 1-point target is checked on the whole test split below (-m slow)."""
     old = sample.labels < 52
     before, after = _old_top1(models, sample.pixels[old], sample.labels[old])
     assert before - 0.015 <= after <= before, (after, before)
 
 
+@pytest.mark.slow  # ingests all of numpy_bitmap; benchmarks/bench_default345.py measures the same split
 def test_the_52_classes_lose_at_most_a_point_on_default_s_test_split(shared_data, models, tmp_path_factory):
     """default's test split of numpy_bitmap (its recorded top-1 reproduced first: the same 11,593 drawings)."""
     store = tmp_path_factory.mktemp("numpy_bitmap") / "store"

@@ -155,7 +155,8 @@ def test_a_multiscale_run_keeps_its_new_rows_in_a_wide_head(extended):
         summary["multiscale_scale"] > 1.0  # unit blocks (norm 2) brought up to the pooled features' norm
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "pte"])
+# the FP32 .pte is slow (-m slow); the INT8 one is checked for one delegate below
+@pytest.mark.parametrize("fmt", ["onnx", pytest.param("pte", marks=pytest.mark.slow)])
 def test_a_multiscale_run_exports_close_to_eager(extended, fmt, tmp_path):
     """The wide head's per-block normalisation and max pools lower to ONNX (with the features output) and to an
     XNNPACK .pte; the files answer as the eager model does on the bundled sample."""

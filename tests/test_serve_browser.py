@@ -24,13 +24,11 @@ import torch
 from quickdraw_mobile.data.render import render_strokes
 from quickdraw_mobile.inference import logits_for_pixels
 from quickdraw_mobile.serve import browser_model_for, create_app
-from quickdraw_mobile.serve.app import STATIC
 
 MODEL = os.environ.get("QDM_TEST_MODEL", "default")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-VENDOR_FILES = ("ort.wasm.bundle.min.mjs", "ort-wasm-simd-threaded.wasm")
 SETTLED = "document.body.dataset.shown === document.body.dataset.version"
 
 if not Path(CHROMIUM).exists():
@@ -40,18 +38,6 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not 
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def browser_model(served_model, tmp_path_factory) -> Path:
-    """The served model exported to INT8 ONNX by the export package, as 'qdm serve' does on its first start."""
-    if not all((STATIC / "vendor" / name).is_file() for name in VENDOR_FILES):
-        if shutil.which("npm") is None:
-            pytest.skip("onnxruntime-web is not in serve/static/vendor and npm is missing to fetch it")
-        pytest.fail("onnxruntime-web is missing from serve/static/vendor: run scripts/setup.sh")
-    path = browser_model_for(MODEL, cache_dir=tmp_path_factory.mktemp("serve-cache"))
-    assert path is not None and path.is_file()
-    return path
-
-
 @contextmanager
 def serving(app):
     """``app`` served by uvicorn on a free loopback port, in a thread of this process: its URL."""

@@ -17,13 +17,12 @@ import json
 
 import httpx
 import pytest
-from test_serve_browser import (  # noqa: F401 (browser, browser_model, drawing and server: fixtures)
+from test_serve_browser import (  # noqa: F401 (browser, drawing and server: fixtures)
     _api,
     _draw_with_mouse,
     _open,
     _shown,
     browser,
-    browser_model,
     drawing,
     server,
     serving,
