@@ -3,6 +3,7 @@ features the page computes its taught classes from, close to the eager model's."
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -72,14 +73,15 @@ def test_fp32_features_output_is_the_eager_models(options, tiny_store, tmp_path)
     assert meta["verification"]["top1_agreement"] == 1.0
 
 
-def test_int8_browser_model_of_the_default_model(tmp_path):
-    """The file the page runs: INT8, both outputs close to the eager model's on real drawings."""
-    out = tmp_path / "model.int8.onnx"
-    meta = export_model("default", "onnx", "int8", out, features=True)
-    assert meta["features"]["shape"] == ["batch", 128]
-    x = normalize_pixels(verification_set("default").pixels)
+def test_int8_browser_model_of_the_default_model(browser_model):
+    """The file the page runs (``browser_model``: the serve tests' export of default, or of ``QDM_TEST_MODEL``):
+    INT8, both outputs close to the eager model's on real drawings."""
+    out, model = browser_model, os.environ.get("QDM_TEST_MODEL", "default")
+    meta, _ = read_metadata(out)
+    assert meta["features"]["shape"] == ["batch", load_model(model).model.head.in_features]
+    x = normalize_pixels(verification_set(model).pixels)
     logits, features = _both_outputs(out, x)
-    eager_logits, eager_features = _eager("default", x)
+    eager_logits, eager_features = _eager(model, x)
     assert np.median(_cosines(features, eager_features)) > 0.999
     assert _cosines(features, eager_features).min() > 0.99
     assert (logits.argmax(1) == eager_logits.argmax(1)).mean() > 0.98
