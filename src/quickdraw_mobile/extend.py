@@ -146,20 +146,11 @@ def views_of(pixels: np.ndarray, views: int, aug: AugmentConfig, seed: int) -> t
 
 @torch.inference_mode()
 def forward_with_features(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The pooled features and the logits of ``x`` from one forward pass (eval mode): the features are what the
-    linear ``head`` reads (dropout is the identity in eval mode), caught on their way in; a model without a
-    ``head`` runs ``features`` separately."""
+    """The pooled features and the logits of ``x`` from one forward pass (eval mode): the model's
+    ``logits_and_features`` (the cnn family's)."""
     model.eval()
-    head = getattr(model, "head", None)
-    if not isinstance(head, torch.nn.Linear):
-        return model.features(x), model(x)
-    caught = []
-    handle = head.register_forward_pre_hook(lambda _module, args: caught.append(args[0]))
-    try:
-        logits = model(x)
-    finally:
-        handle.remove()
-    return caught[0], logits
+    logits, features = model.logits_and_features(x)
+    return features, logits
 
 
 @torch.inference_mode()
@@ -183,7 +174,7 @@ def all_outputs(model: torch.nn.Module, x: torch.Tensor, batch: int = 1024) -> t
 
 
 def _check_features(loaded: LoadedModel, features: str = "pooled") -> None:
-    if not hasattr(loaded.model, "features"):
+    if not hasattr(loaded.model, "logits_and_features"):
         raise QDMError(f"qdm extend: model {loaded.config.model!r} has no features(x) (the cnn family has)")
     if features == "multiscale" and not hasattr(loaded.model, "outputs"):
         raise QDMError(f"--features multiscale: model {loaded.config.model!r} has no multi-scale features "

@@ -67,7 +67,7 @@ class TeachParameters:
 
 
 def check_teachable(loaded: LoadedModel) -> None:
-    if not hasattr(loaded.model, "features"):
+    if not hasattr(loaded.model, "logits_and_features"):
         raise QDMError(f"teaching: model {loaded.config.model!r} has no features(x) (the cnn family has)")
 
 

@@ -7,7 +7,7 @@ QDQ format: UINT8 activations (per tensor, asymmetric), INT8 weights per output 
 (min/max) on the same real drawings as the .pte. This u8s8 QDQ form was the fastest on the CPUs measured here;
 ORT fuses each DequantizeLinear -> op -> QuantizeLinear into its integer kernels when it loads the model.
 
-With ``features``, a model that has ``features(x)`` and ``classify(features)`` (the cnn family) is exported with a
+With ``features``, a model that has ``logits_and_features(x)`` (the cnn family) is exported with a
 second output, ``features``: the pooled features (batch, D) its logits are computed from, in one pass. The drawing
 page computes the logits of the classes it is taught in the browser from them (prototypes, as in ``extend``).
 
@@ -40,8 +40,8 @@ INT8_SCHEME = ("ONNX Runtime static QDQ: INT8 weights per output channel (symmet
 
 
 def has_features(model: nn.Module) -> bool:
-    """Can ``model`` be exported with a features output (``features(x)`` and ``classify(features)``)?"""
-    return callable(getattr(model, "features", None)) and callable(getattr(model, "classify", None))
+    """Can ``model`` be exported with a features output (``logits_and_features(x)``)?"""
+    return callable(getattr(model, "logits_and_features", None))
 
 
 def with_features(model: nn.Module) -> nn.Module:
@@ -54,14 +54,11 @@ def with_features(model: nn.Module) -> nn.Module:
             self.inner = inner
 
         def forward(self, x):
-            if callable(getattr(self.inner, "logits_and_features", None)):  # a wide head reads more than features
-                return self.inner.logits_and_features(x)
-            features = self.inner.features(x)
-            return self.inner.classify(features), features
+            return self.inner.logits_and_features(x)
 
     if not has_features(model):
-        raise QDMError(f"features output: model {type(model).__name__} has no features(x) and classify(features) "
-                       "(the cnn family has)")
+        raise QDMError(f"features output: model {type(model).__name__} has no logits_and_features(x) (the cnn "
+                       "family has)")
     return LogitsAndFeatures(model)
 
 
