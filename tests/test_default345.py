@@ -59,6 +59,22 @@ def test_its_classes_say_where_they_came_from(models, key_ids):
     assert {o["origin"] for o in model_class_origins(default)} == {"trained"}
 
 
+def test_a_run_extended_from_it_keeps_its_origins(models, tmp_path):
+    """A run ``qdm extend --model default345`` writes names its source by name ("from": "default345"): the chain
+    of origins goes on through the bundled model's own summary."""
+    from quickdraw_mobile.modelref import LoadedModel
+    from quickdraw_mobile.runfolder import RunFolder
+    from quickdraw_mobile.teach import model_class_origins
+
+    _, extended = models
+    run = RunFolder(tmp_path)
+    run.summary_path.write_text(json.dumps({"extended": {"from": NAME, "new_classes": ["doodle"], "shots": 3}}))
+    further = LoadedModel(extended.model, [*extended.labels, "doodle"], extended.config, run)
+    origins = model_class_origins(further)
+    assert origins[-1] == {"name": "doodle", "origin": "extended", "drawings": 3}
+    assert [o["origin"] for o in origins[:-1]] == ["trained"] * 52 + ["extended"] * 293
+
+
 def test_the_old_head_is_untouched(models, sample):
     """The first 52 logits are default's own, drawing for drawing."""
     default, extended = models

@@ -28,7 +28,7 @@ from .data.loader import normalize
 from .errors import QDMError
 from .export.calibration import CALIBRATION_FILE, Drawings, load_drawings
 from .extend import FitData, augmentation, features_and_logits, fit_prototype, unit, views_of
-from .modelref import DEFAULT, LoadedModel, default_model_dir
+from .modelref import LoadedModel, bundled_model_dir, bundled_name
 from .runfolder import RunFolder
 
 MIN_TEACH_DRAWINGS = 3
@@ -159,9 +159,9 @@ def model_class_origins(loaded: LoadedModel) -> list[dict]:
         per_class = extended.get("shots_per_class") or {}  # a build with a different count per class
         for name in extended.get("new_classes", []):
             shots.setdefault(name, per_class.get(name, extended.get("shots")))
-        source = extended.get("from")
-        root = default_model_dir() if source == DEFAULT else Path(str(source))
-        summary_path = RunFolder(root).summary_path
+        source = str(extended.get("from"))
+        name = bundled_name(source)  # "from" is a bundled model's name, or a run folder's path
+        summary_path = RunFolder(bundled_model_dir(name) if name else Path(source)).summary_path
         if not summary_path.is_file():
             break
     return [{"name": name, "origin": "extended", "drawings": shots[name]} if name in shots else
