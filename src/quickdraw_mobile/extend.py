@@ -506,13 +506,10 @@ def extend(model_ref: str | Path, source: str | Path, out: str | Path, method: s
     folder ``out``. ``steps``: the fine-tune's optimizer steps; ``old_kept``: calibrate the new group
     (``calibrate``); ``features``: what the probe reads (``FEATURES``). Returns its ``train_summary.json``'s
     ``extended`` section."""
-    check_options(method, views, steps, old_kept, features)
-    loaded = load_model(model_ref)
-    _check_features(loaded, features)
-    check_method_fits(loaded, method, features)
+    loaded = _checked_model(model_ref, out, method, views, steps, old_kept, features)
     ext = pick_shots(source_drawings(source, loaded.labels, classes), shots, seed, str(source))
     ext.info = {"shots": shots, "data": str(source), **ext.info}
-    return extend_with(model_ref, ext, out, method, seed, replay, views, steps, old_kept, features)
+    return _extend_loaded(loaded, model_ref, ext, out, method, seed, replay, views, steps, old_kept, features)
 
 
 def check_options(method: str, views: int, steps: int, old_kept: float | None, features: str = "pooled") -> None:
@@ -528,18 +525,31 @@ def check_options(method: str, views: int, steps: int, old_kept: float | None, f
         _check_fraction(old_kept)
 
 
+def _checked_model(model_ref: str | Path, out: str | Path, method: str, views: int, steps: int,
+                   old_kept: float | None, features: str) -> LoadedModel:
+    """The options checked, ``out`` checked to be free, and the model loaded and checked to take ``method``."""
+    check_options(method, views, steps, old_kept, features)
+    if RunFolder(Path(out)).config_path.exists():
+        raise QDMError(f"--out: {out} holds a run already; choose a new folder")
+    loaded = load_model(model_ref)
+    _check_features(loaded, features)
+    check_method_fits(loaded, method, features)
+    return loaded
+
+
 def extend_with(model_ref: str | Path, ext: Extension, out: str | Path, method: str = "prototype", seed: int = 0,
                 replay: str | Path | None = None, views: int = VIEWS, steps: int = FINETUNE_STEPS,
                 old_kept: float | None = None, features: str = "pooled") -> dict:
     """``extend`` with the new classes' drawings given (``ext``, its ``info`` going into the summary): every
     drawing of ``ext.shots`` is a shot."""
-    check_options(method, views, steps, old_kept, features)
-    out = Path(out)
-    if RunFolder(out).config_path.exists():
-        raise QDMError(f"--out: {out} holds a run already; choose a new folder")
-    loaded = load_model(model_ref)
-    _check_features(loaded, features)
-    check_method_fits(loaded, method, features)
+    loaded = _checked_model(model_ref, out, method, views, steps, old_kept, features)
+    return _extend_loaded(loaded, model_ref, ext, out, method, seed, replay, views, steps, old_kept, features)
+
+
+def _extend_loaded(loaded: LoadedModel, model_ref: str | Path, ext: Extension, out: str | Path, method: str,
+                   seed: int, replay: str | Path | None, views: int, steps: int, old_kept: float | None,
+                   features: str) -> dict:
+    """The fit, the calibration and the run folder of ``extend`` and ``extend_with``, on the model loaded once."""
     replayed = replay_drawings(model_ref, replay)
     torch.manual_seed(seed)
     model, kwargs, info = EXTENDERS[method](loaded, ext, replayed, views, seed, steps, features=features)
@@ -548,5 +558,5 @@ def extend_with(model_ref: str | Path, ext: Extension, out: str | Path, method: 
     summary = {"from": bundled_name(model_ref) or str(Path(model_ref).resolve()), "method": method,
                "features": features, "shots": None, "seed": seed, "views": views, "old_classes": len(loaded.labels),
                "new_classes": ext.classes, "data": ext.source, "replay": replayed.source, **ext.info, **info}
-    write_run(out, loaded, model, kwargs, ext, replayed, summary)
+    write_run(Path(out), loaded, model, kwargs, ext, replayed, summary)
     return summary
