@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hmac
 import mimetypes
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Literal
@@ -163,8 +162,6 @@ class Predictor:
         self.browser_model = browser_model
         self.origins = model_class_origins(loaded)
         self.teach_token = teach_token
-        self._teach_lock = threading.Lock()
-        self._teach_params: TeachParameters | None = None
         self.taught = TaughtClasses(self.teach_parameters(), loaded.labels, teach_dir, self.features) \
             if teach_dir is not None else None
         model = describe_model(loaded)  # not its "source": the server's paths are not the page's business
@@ -196,7 +193,7 @@ class Predictor:
     def _probabilities_with(self, taught: Snapshot, pixels: np.ndarray) -> np.ndarray:
         """Softmax over the model's logits and the taught classes' after them, from one forward pass."""
         features, logits = forward_with_features(self.model, normalize(pixels))
-        logits = torch.cat([logits, taught_logits(features, taught.prototypes, self._teach_params)], dim=1)
+        logits = torch.cat([logits, taught_logits(features, taught.prototypes, self.taught.params)], dim=1)
         return torch.softmax(logits, dim=1).numpy()
 
     def features(self, pixels: np.ndarray) -> torch.Tensor:
@@ -204,12 +201,9 @@ class Predictor:
         return self.runner.submit(lambda: forward_with_features(self.model, normalize(pixels))[0]).result()
 
     def teach_parameters(self) -> TeachParameters:
-        """The taught classes' feature mean, scale and offset (``teach.teach_parameters``), computed once on the
-        model's thread when first asked for."""
-        with self._teach_lock:
-            if self._teach_params is None:
-                self._teach_params = self.runner.submit(teach_parameters, self.loaded).result()
-            return self._teach_params
+        """The taught classes' feature mean, scale and offset (``teach.teach_parameters``: fitted once per
+        model), on the model's thread."""
+        return self.runner.submit(teach_parameters, self.loaded).result()
 
     def class_count(self) -> int:
         return len(self.labels) + (len(self.taught.snapshot.names) if self.taught is not None else 0)
