@@ -34,7 +34,6 @@ plus 4 shots of each new class; ``sample.npz`` is ``default``'s test sample plus
 from __future__ import annotations
 
 import argparse
-import io
 import shutil
 import sys
 import tempfile
@@ -50,6 +49,7 @@ from quickdraw_mobile.export.calibration import (
     CALIBRATION_FILE,
     SAMPLE_FILE,
     calibration_set,
+    save_drawings,
     verification_set,
 )
 from quickdraw_mobile.extend import (
@@ -65,7 +65,7 @@ from quickdraw_mobile.extend import (
     probe_model,
     prototype_model,
 )
-from quickdraw_mobile.fileio import write_bytes_atomic, write_json_atomic, write_text_atomic
+from quickdraw_mobile.fileio import write_json_atomic, write_text_atomic
 from quickdraw_mobile.inference import logits_for_pixels
 from quickdraw_mobile.modelref import bundled_model_dir, load_model
 
@@ -85,12 +85,6 @@ CANDIDATES = {"probe": {"method": "probe", "features": "pooled"},
               "probe-ms": {"method": "probe", "features": "multiscale"},
               "prototype": {"method": "prototype", "features": "pooled"}}
 MAX_BYTES = 6_000_000
-
-
-def npz_bytes(pixels: np.ndarray, labels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, pixels=pixels, labels=labels.astype(np.int64))
-    return buffer.getvalue()
 
 
 def new_class_split(root: Path, known: list[str]) -> dict[str, dict]:
@@ -146,13 +140,13 @@ def write_bundle(run: Path, loaded, split: dict[str, dict]) -> dict:
     new_labels = [np.full(len(e["shots"]), old + i) for i, e in enumerate(split.values())]
     shot_labels, shot_pixels = np.concatenate(new_labels), np.concatenate([e["shots"] for e in split.values()])
     picked = balanced_subset(shot_labels - old, CALIBRATION_NEW * len(split), seed=0)
-    write_bytes_atomic(DEST / CALIBRATION_FILE, npz_bytes(np.concatenate([replay.pixels, shot_pixels[picked]]),
-                                                          np.concatenate([replay.labels, shot_labels[picked]])))
+    save_drawings(DEST / CALIBRATION_FILE, np.concatenate([replay.pixels, shot_pixels[picked]]),
+                  np.concatenate([replay.labels, shot_labels[picked]]), compressed=True)
     sample = verification_set("default")
     held = np.concatenate([e["held"] for e in split.values()])
     held_labels = old + np.repeat(np.arange(len(split)), [len(e["held"]) for e in split.values()])
     pixels, labels = np.concatenate([sample.pixels, held]), np.concatenate([sample.labels, held_labels])
-    write_bytes_atomic(DEST / SAMPLE_FILE, npz_bytes(pixels, labels))
+    save_drawings(DEST / SAMPLE_FILE, pixels, labels, compressed=True)
     write_json_atomic(DEST / KEY_IDS_FILE, {
         "about": f"per new class: the {HELD_OUT} drawings held out of the build (seed {SPLIT_SEED}) and the shots "
                  "it was built from, by key_id of the shared simplified/ and raw/ files",

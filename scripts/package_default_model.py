@@ -11,25 +11,17 @@ sample.npz (20 test drawings per class).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import shutil
 from pathlib import Path
 
-import numpy as np
-
 from quickdraw_mobile.data.store import Store
-from quickdraw_mobile.fileio import write_bytes_atomic, write_json_atomic, write_text_atomic
+from quickdraw_mobile.export.calibration import CALIBRATION_FILE, SAMPLE_FILE, save_drawings
+from quickdraw_mobile.fileio import write_json_atomic, write_text_atomic
 from quickdraw_mobile.train.config import load_config
 
 DEST = Path(__file__).resolve().parents[1] / "src" / "quickdraw_mobile" / "pretrained" / "default"
 MAX_BYTES = 6_000_000
-
-
-def _npz(pixels: np.ndarray, labels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, pixels=pixels, labels=labels)
-    return buffer.getvalue()
 
 
 def main() -> None:
@@ -48,9 +40,9 @@ def main() -> None:
     for name in ("model.safetensors", "config.yaml", "labels.txt", "metrics.csv", "train_summary.json"):
         shutil.copyfile(args.run / name, DEST / name)
     calibration = splits["train"].gather(splits["train"].balanced_indices(2048, seed=0))
-    write_bytes_atomic(DEST / "calibration.npz", _npz(*calibration))
+    save_drawings(DEST / CALIBRATION_FILE, *calibration, compressed=True)
     sample = splits["test"].gather(splits["test"].balanced_indices(20 * len(labels), seed=0))
-    write_bytes_atomic(DEST / "sample.npz", _npz(*sample))
+    save_drawings(DEST / SAMPLE_FILE, *sample, compressed=True)
     metrics = json.loads((args.eval / "metrics.json").read_text())
     summary = {k: metrics[k] for k in ("split", "n", "top1", "top5", "map3", "macro_f1")}
     write_json_atomic(DEST / "test_metrics.json", summary)

@@ -33,7 +33,6 @@ fraction of them on an old class, so that many new classes fitted on a few drawi
 
 from __future__ import annotations
 
-import io
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -46,7 +45,7 @@ import torch.nn.functional as F
 from .data.loader import AugmentConfig, augment_batch, normalize
 from .data.store import MANIFEST, Split, Store
 from .errors import QDMError
-from .export.calibration import CALIBRATION_FILE, SAMPLE_FILE, Drawings, calibration_set
+from .export.calibration import CALIBRATION_FILE, SAMPLE_FILE, Drawings, calibration_set, save_drawings
 from .fileio import write_bytes_atomic, write_json_atomic, write_text_atomic
 from .modelref import LoadedModel, bundled_name, load_model, resolve_run
 from .models import create_model
@@ -485,10 +484,8 @@ def write_run(out: Path, loaded: LoadedModel, model: torch.nn.Module, kwargs: di
     save_weights(run.weights_path, model.state_dict())
     write_labels(run.labels_path, labels)
     shot_labels = np.repeat(np.arange(len(ext.shots)) + len(loaded.labels), [len(s) for s in ext.shots])
-    buffer = io.BytesIO()
-    np.savez(buffer, pixels=np.concatenate([replay.pixels, *ext.shots]),
-             labels=np.concatenate([replay.labels, shot_labels]).astype(np.int64))
-    write_bytes_atomic(out / CALIBRATION_FILE, buffer.getvalue())
+    save_drawings(out / CALIBRATION_FILE, np.concatenate([replay.pixels, *ext.shots]),
+                  np.concatenate([replay.labels, shot_labels]))
     sample = loaded.run.root / SAMPLE_FILE
     if sample.is_file():
         write_bytes_atomic(out / SAMPLE_FILE, sample.read_bytes())

@@ -9,6 +9,7 @@ with ``pixels`` (N, 784) uint8 and ``labels`` (N,) int.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from ..data.store import Split, Store, balanced_subset, check_bitmap_array
 from ..errors import QDMError
+from ..fileio import write_bytes_atomic
 from ..modelref import resolve_run
 from ..options import CALIBRATION_SIZE
 from ..runfolder import RunFolder
@@ -53,6 +55,14 @@ def load_drawings(path: Path, num_classes: int) -> Drawings:
     if labels.shape != (len(pixels),) or labels.min() < 0 or labels.max() >= num_classes:
         raise QDMError(f"{path}: 'labels' must be {len(pixels)} class indices in 0..{num_classes - 1}")
     return Drawings(pixels, labels, str(path))
+
+
+def save_drawings(path: str | Path, pixels: np.ndarray, labels: np.ndarray, compressed: bool = False) -> None:
+    """A ``pixels`` + ``labels`` (int64) .npz as ``load_drawings`` reads it, written atomically; ``compressed``
+    for the files bundled with the package."""
+    buffer = io.BytesIO()
+    (np.savez_compressed if compressed else np.savez)(buffer, pixels=pixels, labels=np.asarray(labels, np.int64))
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def _bundled(run: RunFolder, name: str, data_flag_use: str) -> Path:
