@@ -33,7 +33,6 @@ fraction of them on an old class, so that many new classes fitted on a few drawi
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,8 +80,8 @@ def source_drawings(source: str | Path, known: list[str], classes: list[str] | N
     path = Path(source)
     if not path.exists():
         raise QDMError(f"--data: {path}: no such store, folder or file")
-    is_store = (path / MANIFEST).exists()
-    available = Store.open(path).classes if is_store else source_classes(path)
+    store = Store.open(path) if (path / MANIFEST).exists() else None
+    available = store.classes if store is not None else source_classes(path)
     if classes is not None:
         wanted = [resolve_class(c) for c in classes]
         already = [c for c in wanted if c in known]
@@ -95,15 +94,11 @@ def source_drawings(source: str | Path, known: list[str], classes: list[str] | N
         wanted = [c for c in available if c not in known]  # the classes it knows are skipped
     if not wanted:
         raise QDMError(f"--data: {path} holds no class the model does not know already")
-    if is_store:
-        store = Store.open(path)
+    if store is not None:
         return {name: np.array(store.array(name)) for name in wanted}
-    staging = Path(tempfile.mkdtemp(prefix="qdm-extend-"))
-    try:
-        store = ingest(path, staging / "store", classes=wanted)
+    with tempfile.TemporaryDirectory(prefix="qdm-extend-") as staging:
+        store = ingest(path, Path(staging) / "store", classes=wanted)
         return {name: np.array(store.array(name)) for name in wanted}
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def pick_shots(drawings: dict[str, np.ndarray], shots: int, seed: int, where: str) -> Extension:
