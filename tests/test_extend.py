@@ -21,6 +21,7 @@ from quickdraw_mobile.export.pipeline import export_model
 from quickdraw_mobile.extend import calibrate_groups, extend
 from quickdraw_mobile.modelref import load_model
 from quickdraw_mobile.models import create_model
+from quickdraw_mobile.models.cnn import multiscale
 
 NEW = ["fish", "house"]  # embedded classes that tiny_run (apple, cat, star) lacks
 STROKED = ["triangle", "zigzag"]  # official classes the bundled default lacks, drawn here as strokes
@@ -103,10 +104,15 @@ def test_a_plain_cnn_draws_the_same_weights_and_has_no_wide_head():
         wide_logits, wide_features = wide.logits_and_features(x)
     assert torch.equal(logits, plain(x)) and torch.equal(features, plain.features(x))
     assert torch.equal(wide_logits, wide(x)) and torch.equal(wide_features, plain.features(x))
-    blocks = plain.multiscale_features(x).split([16, 16, 32, 32], dim=1)  # stage 1 avg, max; pooled; stage 2 max
+    early, late, pooled = plain.maps(x)
+    # stage 1 avg, max; pooled; stage 2 max; stage 1 on a 2x2 grid
+    blocks = multiscale(early, late, pooled).split([16, 16, 32, 32, 64], dim=1)
     for block in blocks:
         torch.testing.assert_close(block.norm(dim=1), torch.ones(3))
     torch.testing.assert_close(blocks[2], plain.features(x) / plain.features(x).norm(dim=1, keepdim=True))
+    # averaged with the mirrored drawing's: the same for a drawing and its mirror image
+    torch.testing.assert_close(plain.multiscale_features(x), plain.multiscale_features(x.flip(3)))
+    torch.testing.assert_close(wide(x)[:, 4:], wide(x.flip(3))[:, 4:])
 
 
 @pytest.mark.parametrize("method", [*METHODS, MULTISCALE])

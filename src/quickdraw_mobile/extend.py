@@ -16,9 +16,10 @@ Three methods, each writing an ordinary run folder (``create_model(config.model,
 - ``probe``: new rows of the ordinary linear head, trained (full batch, Adam, fixed seed) on the frozen features
   of the shots (and augmented copies) and of the replay drawings against the old logits, which stay as they were.
   With ``features="multiscale"`` (``--features multiscale``) the probe reads the frozen model's multi-scale
-  features instead (``models/cnn.py``'s ``multiscale_features``: stage 1 pooled by average and max, the pooled
-  features, stage 2 max-pooled, each block unit length, rescaled to the pooled features' mean norm on the replay
-  drawings): the new rows go into a ``wide_head`` (model option ``wide_classes``), the old head untouched.
+  features instead (``models/cnn.py``'s ``multiscale_features``: stage 1 pooled by average, by max and on a 2x2
+  grid, the pooled features, stage 2 max-pooled, each block unit length, averaged with the mirrored drawing's,
+  rescaled to the pooled features' mean norm on the replay drawings): the new rows go into a ``wide_head`` (model
+  option ``wide_classes``), the old head untouched.
 - ``finetune``: the probe, then a short fine-tune of the whole model through ``train.step.TrainStep`` (as QAT
   does, ``quant.finetune``) on the replay drawings plus the shots, class-balanced, with the run's augmentation.
   Every logit changes (the old classes' too).

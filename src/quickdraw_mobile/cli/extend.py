@@ -32,7 +32,8 @@ def add_parser(verbs: argparse._SubParsersAction) -> None:
                    "short fine-tune of the whole model")
     p.add_argument("--features", default="pooled", help="pooled | multiscale (default: pooled): what --method probe "
                    "(and finetune's probe) reads; multiscale adds the frozen model's earlier layers, pooled, each "
-                   "block unit length (the new classes get their own head)")
+                   "block unit length, averaged with the mirrored drawing's (the new classes get their own head; "
+                   "the model runs its layers twice)")
     p.add_argument("--shots", type=int, default=10, help="drawings per new class (default: 10)")
     p.add_argument("--seed", type=int, default=0, help="which drawings are the shots, and the fits' seed")
     p.add_argument("--classes", help="comma-separated classes to add (default: every class at --data the model "

@@ -17,8 +17,9 @@ Layout at 28x28 input, ``width`` = w (default 32):
     wide     ``wide_classes`` = n > 0 (what ``qdm extend --method probe --features multiscale`` writes): the last n
              logits come from a linear layer (``wide_head``) on the multi-scale features of the same frozen layers
              (``multiscale_features``): stage 1's output pooled globally (average and max), the pooled features,
-             and stage 2's output max-pooled (12w-d), each block scaled to unit length, the whole times a fixed
-             ``multiscale_scale``; the first ``num_classes - n`` from ``head`` (and ``cosine_head``) as before.
+             stage 2's output max-pooled and stage 1's output averaged on a 2x2 grid (20w-d), each block scaled to
+             unit length and averaged with those of the drawing mirrored (a second pass: twice the MACs), the whole
+             times a fixed ``multiscale_scale``; the first ``num_classes - n`` from ``head`` (and ``cosine_head``) as before.
              ``features(x)`` stays the pooled (4w)-d vector; ``logits_and_features(x)`` gives the logits with it
              from one pass (``classify(features)`` alone cannot compute the wide logits).
 
@@ -66,10 +67,12 @@ class ResidualBlock(nn.Module):
 
 
 def multiscale_width(width: int) -> int:
-    """Length of ``multiscale``: stage 1 (2w) twice, the pooled features (4w) and stage 2 (4w)."""
-    return 2 * (2 * width) + 2 * (4 * width)
+    """Length of ``multiscale``: stage 1 (2w) twice, the pooled features (4w), stage 2 (4w) and stage 1 on a 2x2
+    grid (4 * 2w)."""
+    return 2 * (2 * width) + 2 * (4 * width) + 4 * (2 * width)
 
 
+INPUT_SIDE = 28
 FINAL_SIZE = 7  # 28x28 after two stride-2 stages
 POOLS = ("avg", "learned")
 
@@ -101,10 +104,27 @@ def global_max(x: torch.Tensor) -> torch.Tensor:
 
 
 def multiscale(early: torch.Tensor, late: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-    """Stage 1's map pooled (average, max), the pooled features and stage 2's map max-pooled, each block unit
-    length: the earlier layers keep detail that the last pooled vector, tuned to the trained classes, drops."""
-    blocks = (F.adaptive_avg_pool2d(early, 1).flatten(1), global_max(early), pooled, global_max(late))
+    """Stage 1's map pooled (average, max), the pooled features, stage 2's map max-pooled and stage 1's map
+    averaged over a 2x2 grid, each block unit length: the earlier layers keep detail, and the grid keeps where it
+    sits, that the last pooled vector, tuned to the trained classes, drops."""
+    grid = F.avg_pool2d(early, kernel_size=early.shape[-1] // 2).flatten(1)
+    blocks = (F.adaptive_avg_pool2d(early, 1).flatten(1), global_max(early), pooled, global_max(late), grid)
     return torch.cat([unit_rows_pooled(block) for block in blocks], dim=1)
+
+
+def mirror_matrix(side: int) -> torch.Tensor:
+    """The (side, side) anti-identity: ``F.linear(x, it)`` mirrors ``x`` left-right as a linear layer, which
+    XNNPACK delegates (``aten.flip`` it leaves to the portable kernels)."""
+    return torch.eye(side).flip(1)
+
+
+PAIR_WEIGHTS = {"first": torch.tensor([[1.0, 0.0]]), "mean": torch.tensor([[0.5, 0.5]])}
+
+
+def pairs(rows: torch.Tensor) -> torch.Tensor:
+    """(2B, C) rows, B drawings then the same B mirrored -> (B, C, 2): each drawing's pair, last. Views and a
+    transpose, where slicing the batch in two would leave XNNPACK two slice ops it does not take."""
+    return rows.reshape(2, -1, rows.shape[1]).permute(1, 2, 0)
 
 
 class CNN(nn.Module):
@@ -147,6 +167,10 @@ class CNN(nn.Module):
         self.wide_head = nn.Linear(multiscale_width(width), wide_classes) if wide_classes else None
         if wide_classes:  # the unit blocks' concatenation rescaled (fitted once by extend) into the pooled range
             self.register_buffer("multiscale_scale", torch.ones(()))
+            # a constant of the exported graph (not of the state dict): only a wide model's forward mirrors
+            self.register_buffer("mirror", mirror_matrix(INPUT_SIDE), persistent=False)
+            for which, weights in PAIR_WEIGHTS.items():
+                self.register_buffer(f"pair_{which}", weights.clone(), persistent=False)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The pooled penultimate features (B, 4w) that the heads read (before dropout)."""
@@ -166,21 +190,41 @@ class CNN(nn.Module):
         return logits, features
 
     def multiscale_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 12w): ``multiscale`` of ``x`` (unit blocks, norm 2; the wide head reads them times
+        """(B, 20w): ``multiscale`` of ``x`` and of ``x`` mirrored, averaged (unit blocks; the wide head reads them times
         ``multiscale_scale``)."""
         return self.outputs(x)[2]
 
     def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The logits, the pooled features and the multi-scale features (unit blocks, not rescaled) of ``x``
-        from one pass."""
-        early = self.stages[0](self.stem(x))
-        late = self.stages[1:](early)
-        pooled = self.pool(late).flatten(1)
-        wide = multiscale(early, late, pooled)
+        from one pass over ``x`` and ``x`` mirrored, stacked as one batch (twice the MACs): the pooled features
+        and the logits are ``x``'s own, the multi-scale ones the average of both (how a doodle faces says little
+        of what it is; the model trained on mirrored copies). One batch, not two passes: XNNPACK's INT8 lowering
+        fails on weights that two convolutions share."""
+        early, late, pooled_both = self.maps(torch.cat([x, self.mirrored(x)]))
+        pooled = F.linear(pairs(pooled_both), self.pair_weights(x, "first")).flatten(1)
+        wide = F.linear(pairs(multiscale(early, late, pooled_both)), self.pair_weights(x, "mean")).flatten(1)
         logits = self.classify(pooled)
         if self.wide_head is not None:
             logits = torch.cat([logits, self.wide_head(wide * self.multiscale_scale)], dim=1)
         return logits, pooled, wide
+
+    def mirrored(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` mirrored left-right: each pixel row times the anti-identity, as a linear layer on (B * H, W)
+        rows."""
+        mirror = self.mirror if self.wide_head is not None else mirror_matrix(x.shape[-1]).to(x)
+        return F.linear(x.reshape(-1, x.shape[-1]), mirror).reshape(x.shape)
+
+    def pair_weights(self, x: torch.Tensor, which: str) -> torch.Tensor:
+        """(1, 2) weights on a drawing's pair of rows (itself, mirrored): the first, or the mean."""
+        if self.wide_head is not None:
+            return getattr(self, f"pair_{which}")
+        return PAIR_WEIGHTS[which].to(x)
+
+    def maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Stage 1's output, the last stage's and the pooled features of ``x``."""
+        early = self.stages[0](self.stem(x))
+        late = self.stages[1:](early)
+        return early, late, self.pool(late).flatten(1)
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         """The logits of pooled ``features`` from ``head`` and ``cosine_head`` (what ``forward`` does after
