@@ -18,7 +18,7 @@ Layout at 28x28 input, ``width`` = w (default 32):
              logits come from a linear layer (``wide_head``) on the multi-scale features of the same frozen layers
              (``multiscale_features``): stage 1's output pooled globally (average and max), the pooled features,
              stage 2's output max-pooled and stage 1's output averaged on a 2x2 grid (20w-d), each block scaled to
-             unit length and averaged with those of the drawing mirrored (a second pass: twice the MACs), the whole
+             unit length and averaged with those of the drawing mirrored (both as one batch: twice the MACs), the whole
              times a fixed ``multiscale_scale``; the first ``num_classes - n`` from ``head`` (and ``cosine_head``) as before.
              ``features(x)`` stays the pooled (4w)-d vector; ``logits_and_features(x)`` gives the logits with it
              from one pass (``classify(features)`` alone cannot compute the wide logits).
