@@ -17,11 +17,14 @@ from quickdraw_mobile.data.store import Store
 from quickdraw_mobile.errors import QDMError
 from quickdraw_mobile.export import load_artifact, normalize_pixels
 from quickdraw_mobile.export.calibration import verification_set
+from quickdraw_mobile.export.executorch import load as load_pte
+from quickdraw_mobile.export.executorch import to_pte
 from quickdraw_mobile.export.pipeline import export_model
 from quickdraw_mobile.extend import calibrate_groups, extend
 from quickdraw_mobile.modelref import load_model
 from quickdraw_mobile.models import create_model
 from quickdraw_mobile.models.cnn import multiscale
+from quickdraw_mobile.quant.pt2e import PT2EConfig, quantize_graph
 
 NEW = ["fish", "house"]  # embedded classes that tiny_run (apple, cat, star) lacks
 STROKED = ["triangle", "zigzag"]  # official classes the bundled default lacks, drawn here as strokes
@@ -183,6 +186,26 @@ def test_a_multiscale_run_exports_close_to_eager(extended, fmt, tmp_path):
     np.testing.assert_allclose(logits, eager_logits.numpy(), atol=1e-3, rtol=1e-3)
 
 
+def test_a_wide_cnn_is_one_int8_xnnpack_delegate_that_loads_and_runs(tmp_path):
+    """The mirror (a linear), the pairing of each drawing with its mirror image (views, a permute, linears) and the
+    per-block sums of squares (average pools): nothing is left to the portable kernels, and XNNPACK builds the
+    program at load time (two passes sharing their conv weights lowered, then failed to load)."""
+    torch.manual_seed(0)
+    model = create_model("cnn", 6, width=8, blocks=(1, 1), wide_classes=2).eval()
+    x = normalize(verification_set("default").pixels[:64])
+    quantized = quantize_graph(model, PT2EConfig(), x)
+    data, report = to_pte(quantized)
+    assert report.subgraphs == 1 and report.not_delegated == {}
+    (tmp_path / "wide.pte").write_bytes(data)
+    forward, _, _ = load_pte(tmp_path / "wide.pte", 1)
+    logits = forward(x[:8].numpy())
+    with torch.no_grad():
+        expected = quantized(x[:8]).numpy()
+    assert logits.shape == (8, 6)
+    assert np.corrcoef(logits.ravel(), expected.ravel())[0, 1] > 0.99
+
+
+@pytest.mark.slow  # the bundled default's size: 30 s; the architecture is checked above on a small cnn
 def test_a_multiscale_run_is_one_int8_xnnpack_delegate(extended, tmp_path):
     """The per-block sums of squares are average pools: nothing of the wide head is left to the portable kernels."""
     meta = export_model(extended[MULTISCALE], "pte", "int8", tmp_path / "wide.int8.pte", calib=256)
