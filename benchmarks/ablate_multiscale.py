@@ -26,12 +26,21 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from bench_fewshot import SHARED, novel_drawings
+from bench_fewshot import SHARED, novel_drawings, old_kept, scores
 
 from quickdraw_mobile.data.loader import normalize
 from quickdraw_mobile.data.strokefiles import hold_out
 from quickdraw_mobile.export.calibration import calibration_set, verification_set
-from quickdraw_mobile.extend import REPLAY_SIZE, VIEWS, FitData, augmentation, fit_probe, unit, views_of
+from quickdraw_mobile.extend import (
+    REPLAY_SIZE,
+    VIEWS,
+    FitData,
+    augmentation,
+    fit_probe,
+    multiscale_scale,
+    unit,
+    views_of,
+)
 from quickdraw_mobile.fileio import write_json_atomic, write_text_atomic
 from quickdraw_mobile.modelref import load_model
 from quickdraw_mobile.models.cnn import global_max
@@ -73,7 +82,7 @@ def run_variant(model, data: dict, names, mirror: bool, standardise: bool) -> di
     if standardise:
         mean, std = feats["replay"].mean(0), feats["replay"].std(0).clamp_min(1e-3)
         feats = {k: (f - mean) / std / np.sqrt(f.shape[-1]) for k, f in feats.items()}
-    scale = float(data["replay"]["raw_pooled"].norm(dim=1).mean() / feats["replay"].norm(dim=1).mean())
+    scale = multiscale_scale(model, data["replay"]["raw_pooled"], feats["replay"])
     views = feats["fit"].shape[1]
     shots = feats["fit"].transpose(0, 1).reshape(-1, feats["fit"].shape[-1]) * scale
     labels = data["fit_labels"]
@@ -81,14 +90,12 @@ def run_variant(model, data: dict, names, mirror: bool, standardise: bool) -> di
         fit = FitData(shots, model.head(data["fit_pooled"]), labels.repeat(views), torch.arange(len(labels)).repeat(views),
                       feats["replay"] * scale, model.head(data["replay"]["raw_pooled"]), data["replay_labels"])
     fitted = fit_probe(model, fit, int(labels.max()) + 1, 0)
-    with torch.no_grad():
-        logits = feats["check"] * scale @ fitted["weight"].T + fitted["bias"]
-        y = data["check_labels"]
-        old = torch.cat([model.head(data["sample"]["raw_pooled"]), feats["sample"] * scale @ fitted["weight"].T + fitted["bias"]], 1)
+    new_rows = lambda f: f * scale @ fitted["weight"].T + fitted["bias"]  # noqa: E731
+    with torch.no_grad():  # bench_fewshot's scores: 293-way on the inner check, 345-way on the old sample
+        inner = scores(new_rows(feats["check"]), model.head(data["check"]["raw_pooled"]), data["check_labels"])
+        old52 = old_kept(new_rows(feats["sample"]), model.head(data["sample"]["raw_pooled"]), data["sample_labels"])
     return {"blocks": "+".join(names), "mirror": mirror, "standardise": standardise, "dims": feats["fit"].shape[-1],
-            "top1": float((logits.argmax(1) == y).float().mean()),
-            "top5": float((logits.topk(5, 1).indices == y[:, None]).any(1).float().mean()),
-            "old52": float((old.argmax(1) == data["sample_labels"]).float().mean())}
+            "top1": inner["top1"], "top5": inner["top5"], "old52": old52}
 
 
 def prepare(model, loaded, drawings: dict[str, np.ndarray]) -> dict:
@@ -110,9 +117,9 @@ def prepare(model, loaded, drawings: dict[str, np.ndarray]) -> dict:
     replay, sample = calibration_set("default", n=REPLAY_SIZE), verification_set("default")
     return {"fit": fit_blocks, "fit_labels": torch.tensor(fit_labels),
             "fit_pooled": fit_pooled,
-            "check": blocks(model, normalize(np.concatenate(check))), "check_labels": torch.tensor(check_labels),
+            "check": blocks(model, normalize(np.concatenate(check))), "check_labels": np.array(check_labels),
             "replay": blocks(model, normalize(replay.pixels)), "replay_labels": torch.from_numpy(replay.labels),
-            "sample": blocks(model, normalize(sample.pixels)), "sample_labels": torch.from_numpy(sample.labels)}
+            "sample": blocks(model, normalize(sample.pixels)), "sample_labels": sample.labels}
 
 
 def markdown(rows: list[dict]) -> str:
